@@ -1,0 +1,3 @@
+from vh.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""The click group and what every command shares: config options and one-line errors."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import sys
+
+import click
+
+from vh.errors import VhError
+
+
+class VhGroup(click.Group):
+    """A group whose commands end bad input with one line and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VhError as e:
+            click.echo(f"error: {e.line()}", err=True)
+            sys.exit(e.code)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT,
+                           errno.EDQUOT, errno.EISDIR, errno.ENOTDIR):
+                where = f"{e.filename}: " if e.filename else ""
+                click.echo(f"error: {where}{e.strerror}", err=True)
+                sys.exit(2)
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted: rerun the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=VhGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vh")
+def main() -> None:
+    """vh: train and compare value heads on a frozen 2048 trunk, via an embedding cache.
+
+    \b
+    Phases:  vh synth / vh inspect   datasets
+             vh extract              trunk -> embedding cache (once)
+             vh fit                  heads on the cache (JAX)
+             vh eval                 the report
+    """
+
+
+@main.group(cls=VhGroup)
+def bench() -> None:
+    """Benchmarks; each prints its figures and a ratio measured in one run."""
+
+
+@main.group(cls=VhGroup)
+def trunk() -> None:
+    """Trunk init dirs (seeded random weights for demos and tests)."""
+
+
+def config_options(fn):
+    """Add ``--config FILE`` (repeatable) and ``--set section.key=value`` (repeatable)."""
+
+    @click.option("--config", "configs", multiple=True, type=click.Path(dir_okay=False),
+                  help="TOML config file (repeatable; later files win).")
+    @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                  help="Override one config value (repeatable), e.g. --set fit.train.lr=1e-3.")
+    @functools.wraps(fn)
+    def wrapper(*args, configs=(), sets=(), **kwargs):
+        from vh.config import load_config
+
+        cfg = load_config(configs, sets)
+        return fn(*args, cfg=cfg, **kwargs)
+
+    return wrapper
+
+
+def done(message: str) -> None:
+    """The closing line of a command: what it wrote where."""
+    click.echo(message)
