@@ -1,0 +1,144 @@
+"""``vh synth`` (play games, write a dataset dir), ``vh bench synth`` and ``vh bench decode``."""
+
+from __future__ import annotations
+
+import click
+
+from vh.shell import bench, config_options, done, main
+
+
+@main.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset dir.")
+@click.option("--games", type=click.IntRange(min=1), default=None, help="[synth.games]")
+@click.option("--player", default=None, help="random, greedy or expectimax. [synth.player]")
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Expectimax depth in moves. [synth.depth]",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="[synth.seed]")
+@click.option(
+    "--layout",
+    type=click.Choice(["packed", "selfplay", "legacy"]),
+    default=None,
+    help="Row layout of the steps shards. [synth.layout]",
+)
+@click.option(
+    "--board-eval/--no-board-eval",
+    default=None,
+    help="Packed layout: 46-byte rows with board_eval, or 42 without. [synth.board_eval]",
+)
+@click.option(
+    "--values/--no-values", default=None, help="Also write the values-*.npy sidecar. [synth.values]"
+)
+@click.option(
+    "--metadata",
+    type=click.Choice(["modern", "legacy"]),
+    default=None,
+    help="legacy: runs columns num_moves/final_score. [synth.metadata]",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset dir at --out.")
+@config_options
+def synth_cmd(
+    out, games, player, depth, seed, layout, board_eval, values, metadata, overwrite, cfg
+):
+    """Play 2048 games and write a dataset dir (steps shards, metadata.db) at --out."""
+    from vh.config import SynthConfig, build
+    from vh.extract.synth import synth
+
+    given = {
+        k: v
+        for k, v in dict(
+            games=games,
+            player=player,
+            depth=depth,
+            seed=seed,
+            layout=layout,
+            board_eval=board_eval,
+            values=values,
+            metadata=metadata,
+        ).items()
+        if v is not None
+    }
+    scfg = build(SynthConfig, given, prefix="synth.", base=cfg.synth)  # flags over config
+    s = synth(scfg, out, overwrite=overwrite)
+    done(
+        f"wrote {s.rows:,} rows of {s.runs:,} runs ({scfg.player}, {scfg.layout}, "
+        f"{s.shards} shard{'s' if s.shards != 1 else ''}, highest tile {s.highest_tile}) "
+        f"to {s.out}"
+    )
+
+
+@bench.command("synth")
+@click.option(
+    "--games",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Games played by random and greedy (in synth's waves).",
+)
+@click.option(
+    "--moves",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Moves per greedy game at most (random games play to their end, ~120 moves).",
+)
+@click.option(
+    "--search-games",
+    type=click.IntRange(min=1),
+    default=2_000,
+    show_default=True,
+    help="Games played by expectimax.",
+)
+@click.option(
+    "--search-moves",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Moves per expectimax game.",
+)
+@config_options
+def bench_synth_cmd(games, moves, search_games, search_moves, cfg):
+    """Moves/s of the engine with each player, vectorised over many games in one process."""
+    from vh.extract.synth import bench_play
+
+    rates = {}
+    for name, n, m in (
+        ("random", games, 0),
+        ("greedy", games, moves),
+        ("expectimax", search_games, search_moves),
+    ):
+        played, wall, cpu = bench_play(name, n, m, depth=cfg.synth.depth, seed=cfg.synth.seed)
+        rates[name] = played / wall
+        click.echo(
+            f"{name:>10}: {played:,} moves of {n:,} games in {wall:.2f} s = "
+            f"{rates[name]:,.0f} moves/s ({played / cpu:,.0f} per CPU second)"
+        )
+    done(
+        f"random/greedy speed ratio {rates['random'] / rates['greedy']:.1f}, "
+        f"greedy/expectimax(depth {cfg.synth.depth}) {rates['greedy'] / rates['expectimax']:.0f}"
+    )
+
+
+@bench.command("decode")
+@click.option("--rows", type=click.IntRange(min=1), default=4_000_000, show_default=True)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=65_536,
+    show_default=True,
+    help="Rows decoded per call into the preallocated buffer.",
+)
+def bench_decode_cmd(rows, batch):
+    """Rows/s from dataset rows to tokens: packed boards (unpack) and self-play exps."""
+    from vh.extract.synth import bench_decode
+
+    rates = bench_decode(rows, batch)
+    for name, rate in rates.items():
+        click.echo(f"{name:>10}: {rate:,.0f} rows/s")
+    done(
+        f"decoded {rows:,} rows per layout in batches of {batch:,}; "
+        f"packed/selfplay speed ratio {rates['packed'] / rates['selfplay']:.2f}"
+    )
