@@ -60,6 +60,7 @@ class TargetConfig:
     return_encoding: Literal["twohot", "gaussian", "scalar"] = "twohot"
     return_bins: int = 601
     return_sigma: float = 0.75  # gaussian return encoding: sigma in bins
+    bin_range: tuple[float, ...] = ()  # [lo, hi] bin centres (log1p score / h(return)); [] = train range
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class SamplerConfig:
     step_index_min: int = 0
     step_index_max: int = -1  # -1 = no upper bound
     states_per_epoch: int = 0  # 0 = every sampled train row once per epoch
+    seed: int = 0  # jitter of the stratified positions
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class TrainConfig:
     seed: int = 0
     data_on_device: Literal["auto", "always", "never"] = "auto"
     device_memory_fraction: float = 0.5  # 'auto' keeps data on device below this share
+    prefetch_chunks: int = 4  # streamed: cache chunks read ahead (bounds host memory)
+    microbatch: int = 2048  # rows per gradient-accumulation chunk of a step (0 = whole batch)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class EvalConfig:
     ece_bins: int = 15
     ci: float = 0.95
     temperature: bool = True  # fit post-hoc temperature on the validation split
+    max_val_rows: int = 1_000_000  # validation rows for the temperature (seeded subset beyond)
+    predict_batch: int = 65_536  # embedding rows read and predicted at a time
 
 
 @dataclass(frozen=True)

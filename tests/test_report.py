@@ -1,0 +1,352 @@
+"""The report: planted winners, ties, the rules, files only, bad input, HTML in Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from scipy import stats as ss
+from sklearn import metrics as skm
+
+from vh.config import EvalConfig
+from vh.errors import VhError
+from vh.eval import bootstrap as B
+from vh.eval import calibration as C
+from vh.eval import report as R
+from vh.eval import slices as S
+from vh.eval.run import planted
+
+CFG = EvalConfig(n_boot=200)
+
+
+def _write(report_dir, preds, runs=None):
+    (report_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    for p in preds:
+        R.save_predictions(report_dir / "predictions" / f"{p.name}.npz", p)
+    (report_dir / "eval.json").write_text(json.dumps({"runs": [p.name for p in preds]}))
+    for name, files in (runs or {}).items():
+        for rel, text in files.items():
+            (report_dir / "runs" / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (report_dir / "runs" / name / rel).write_text(text)
+    return report_dir
+
+
+def _run_files(member_nlls):
+    curves = "\n".join(
+        json.dumps(
+            {
+                "epoch": e,
+                "step": 10 * e,
+                "split": s,
+                "loss": 1 / (e + 1),
+                "nll": 1 / (e + 1),
+                "lr": 1e-3,
+                "time": e,
+            }
+        )
+        for e in range(4)
+        for s in ("train", "val")
+    )
+    summary = {
+        "best_member": "m000",
+        "arch": "probe",
+        "n_params": 1234,
+        "train_rows": 9000,
+        "val_rows": 500,
+        "members": {f"m{i:03d}": {"best_val_nll": v} for i, v in enumerate(member_nlls)},
+    }
+    config = {
+        "fit": {"split": {"seed": 0}, "sampler": {"kind": "all"}},
+        "grid": [{"name": "m000", "lr": 1e-3, "wd": 0.0, "seed": 0}],
+    }
+    return {
+        "config.json": json.dumps(config),
+        "summary.json": json.dumps(summary),
+        "members/m000/metrics.jsonl": curves,
+    }
+
+
+@pytest.fixture(scope="module")
+def planted_report(tmp_path_factory):
+    preds = planted(
+        n_rows=6000,
+        n_runs=200,
+        heads={"good": ("ordinal", 0.2, 1), "bad": ("ordinal", 0.9, 2), "tiles": ("tiles", 0.6, 3)},
+    )
+    d = _write(tmp_path_factory.mktemp("rep"), preds, {"good": _run_files([0.4, 0.41])})
+    return d, R.build_report(d, CFG), preds
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_planted_better_head_is_named(planted_report):
+    d, metrics, _ = planted_report
+    assert metrics["winner"] == "good"
+    md = (d / "report.md").read_text()
+    assert "**Winner among the threshold heads" in md and ": good**" in md
+    fam = metrics["verdicts"][0]["families"][0]
+    step = fam["cascade"]["steps"][0]
+    assert step["criterion"] == "nll" and step["decided"] and step["hi"] < 0
+    assert f"[{R._num(step['lo'])}, {R._num(step['hi'])}]" in md  # the CI is cited
+
+
+def test_identical_heads_give_no_clear_winner(tmp_path):
+    preds = planted(
+        n_rows=3000, n_runs=100, heads={"a": ("ordinal", 0.5, 7), "b": ("ordinal", 0.5, 7)}
+    )
+    metrics = R.build_report(_write(tmp_path, preds), EvalConfig(n_boot=100))
+    assert metrics["winner"] is None
+    assert "No clear winner" in (tmp_path / "report.md").read_text()
+    steps = metrics["verdicts"][0]["families"][0]["cascade"]["steps"]
+    assert [s["criterion"] for s in steps] == ["nll", "auroc_top", "ece_high"]
+    assert all(s["lo"] == 0 and s["hi"] == 0 for s in steps)
+
+
+def _fake(name, kind="ordinal", **reps):
+    """A HeadScore with given replicates (their mean is the point value)."""
+    return R.HeadScore(
+        name=name,
+        kind=kind,
+        family=kind,
+        pool="threshold",
+        primary="nll",
+        baseline=False,
+        headline={k: float(v.mean()) for k, v in reps.items()},
+        reps=reps,
+        figures={},
+    )
+
+
+def test_rules_fall_through_to_auroc_then_stability():
+    rng = np.random.default_rng(0)
+    nll = 0.5 + 0.01 * rng.normal(size=500)
+    auc = 0.8 + 0.01 * rng.normal(size=500)
+    ece = 0.02 + 0.001 * rng.normal(size=500)
+    a = _fake("a", nll=nll, auroc_top=auc + 0.02, ece_high=ece)
+    b = _fake("b", nll=nll.copy(), auroc_top=auc, ece_high=ece.copy())
+    v = R.decide_pool([b, a], 0.95)
+    assert v["winner"] == "a"
+    assert [s["criterion"] for s in v["families"][0]["cascade"]["steps"]] == ["nll", "auroc_top"]
+    # equal on every interval: the grid spread decides only when one is at most half the other
+    a, b = (_fake(n, nll=nll, auroc_top=auc, ece_high=ece) for n in "ab")
+    a.figures["grid_val_nll"], b.figures["grid_val_nll"] = [0.40, 0.41], [0.40, 0.46]
+    assert R.decide_pool([a, b], 0.95)["winner"] == "a"
+    b.figures["grid_val_nll"] = [0.40, 0.415]
+    assert R.decide_pool([a, b], 0.95)["winner"] is None
+
+
+def test_tiles_family_uses_top_pm1_after_nll():
+    rng = np.random.default_rng(1)
+    nll = 1.5 + 0.01 * rng.normal(size=300)
+    w1 = 0.6 + 0.01 * rng.normal(size=300)
+    a, b = _fake("a", "tiles", nll=nll, within1=w1), _fake("b", "tiles", nll=nll, within1=w1 + 0.05)
+    v = R.decide_pool([a, b], 0.95)
+    assert v["winner"] == "b" and v["deciding"]["criterion"] == "within1"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_headline_figures_match_independent_references(planted_report):
+    _, metrics, preds = planted_report
+    good = next(p for p in preds if p.name == "good")
+    q = 1 / (1 + np.exp(-good.out["logits"]))
+    Y = (good.rows["highest_tile"][:, None] >= good.thresholds).astype(int)
+    h = metrics["runs"]["good"]["headline"]
+    # mean BCE over rows and thresholds = log_loss over the flattened pairs
+    assert abs(h["nll"]["value"] - skm.log_loss(Y.ravel(), q.ravel())) < 1e-9
+    assert abs(h["auroc@16384"]["value"] - skm.roc_auc_score(Y[:, 4], q[:, 4])) < 1e-9
+    # expected score = sum_i p_i m_i over the buckets (the planted head is monotone)
+    p = np.diff(np.c_[np.ones(len(q)), q, np.zeros(len(q))], axis=1) * -1
+    e = p @ good.medians
+    assert abs(h["spearman_score"]["value"] - ss.spearmanr(e, good.rows["final_score"])[0]) < 1e-9
+    assert abs(h["pearson_score"]["value"] - ss.pearsonr(e, good.rows["final_score"])[0]) < 1e-9
+    for k in ("nll", "auroc@16384", "ece@32768", "within1"):
+        assert h[k]["lo"] <= h[k]["value"] <= h[k]["hi"] or k.startswith("ece")
+    per_t = metrics["runs"]["good"]["per_threshold"]
+    assert [r["threshold"] for r in per_t] == list(good.thresholds)
+    assert metrics["runs"]["good"]["temperature"]["T"] > 0
+    tables = metrics["runs"]["good"]["slices"]
+    assert set(tables) == {"phase", "length", "tile"}
+    for table in tables.values():
+        assert sum(r["count"] for r in table) == good.n
+
+
+def test_report_rebuilds_identically_from_files(planted_report, tmp_path):
+    d, metrics, _ = planted_report
+    copy = tmp_path / "copy"
+    shutil.copytree(d / "predictions", copy / "predictions")
+    shutil.copytree(d / "runs", copy / "runs")
+    shutil.copy(d / "eval.json", copy / "eval.json")
+    again = R.build_report(copy, CFG)
+    strip = lambda m: {k: v for k, v in m.items() if k != "created"}  # noqa: E731
+    assert strip(again) == strip(json.loads(json.dumps(metrics)))
+
+
+def test_html_is_self_contained(planted_report):
+    d, _, _ = planted_report
+    page = (d / "index.html").read_text()
+    pngs = sorted((d / "plots").glob("*.png"))
+    assert len(pngs) >= 12  # reliability, confusion, PR per head; curves; slices; intervals
+    assert page.count('src="data:image/png;base64,') == len(pngs)
+    assert "<script" not in page and not re.search(r"(src|href)=\"(http|//)", page)
+    assert page.count("<table") >= 1 + 3 * 4 and "Winner among" in page
+
+
+def test_return_and_logscore_heads_are_scored(tmp_path):
+    base = planted(n_rows=2000, n_runs=60, heads={"o": ("ordinal", 0.3, 1)})[0]
+    rng = np.random.default_rng(0)
+    ret = base.rows["final_score"] * (1 - base.rows["step_fraction"])
+    value = ret * np.exp(0.2 * rng.normal(size=ret.size))
+    edges = np.linspace(5, 14, 33)
+    centres = (edges[1:] + edges[:-1]) / 2
+    z = np.log1p(base.rows["final_score"]) + 0.3 * rng.normal(size=ret.size)
+    preds = [
+        R.Predictions(
+            "ret",
+            "return",
+            base.thresholds,
+            base.medians,
+            base.rows,
+            {"value": value, "ret": ret},
+            {"encoding": "scalar"},
+        ),
+        R.Predictions(
+            "ls",
+            "logscore",
+            base.thresholds,
+            base.medians,
+            base.rows,
+            {"logits": -((centres - z[:, None]) ** 2) / 0.5, "bin_edges": edges},
+        ),
+    ]
+    metrics = R.build_report(_write(tmp_path, preds), EvalConfig(n_boot=50))
+    h = metrics["runs"]["ret"]["headline"]
+    assert abs(h["mae"]["value"] - np.mean(np.abs(value - ret))) < 1e-9
+    assert abs(h["rmse"]["value"] - np.sqrt(np.mean((value - ret) ** 2))) < 1e-9
+    assert abs(h["spearman"]["value"] - ss.spearmanr(value, ret)[0]) < 1e-9
+    late = metrics["runs"]["ret"]["slices"]["phase"][2]
+    mask = base.rows["step_fraction"] >= 0.75
+    assert late["count"] == mask.sum()
+    assert abs(late["rmse"] - np.sqrt(np.mean((value - ret)[mask] ** 2))) < 1e-9
+    assert metrics["runs"]["ls"]["headline"]["within1"]["value"] > 0.5
+    assert (tmp_path / "plots" / "ret_games.png").is_file()
+    assert [v["pool"] for v in metrics["verdicts"]] == ["logscore", "return"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_predictions_files_name_file_and_field(planted_report, tmp_path):
+    d, _, preds = planted_report
+    src = d / "predictions" / "good.npz"
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(VhError) as e:
+        R.load_predictions(trunc)
+    assert e.value.path == str(trunc)
+
+    def rewrite(path, drop=(), **change):
+        with np.load(src) as data:
+            arrays = {k: data[k] for k in data.files if k not in drop}
+        arrays.update(change)
+        np.savez(path, **arrays)
+        return path
+
+    cases = [
+        (rewrite(tmp_path / "a.npz", drop=("row_run_id",)), "row_run_id"),
+        (rewrite(tmp_path / "b.npz", kind=np.array("magic")), "kind"),
+        (rewrite(tmp_path / "c.npz", out_logits=np.zeros((3, 6))), "out_logits"),
+        (rewrite(tmp_path / "d.npz", meta=np.array("{oops")), "meta"),
+    ]
+    for path, field in cases:
+        with pytest.raises(VhError) as e:
+            R.load_predictions(path)
+        assert e.value.field == field and e.value.path == str(path)
+
+
+def test_misaligned_or_missing_predictions_are_refused(tmp_path):
+    a = planted(n_rows=500, n_runs=20, heads={"a": ("ordinal", 0.5, 1)})[0]
+    b = planted(n_rows=500, n_runs=20, heads={"b": ("ordinal", 0.5, 1)}, seed=9)[0]
+    with pytest.raises(VhError) as e:
+        R.load_inputs(_write(tmp_path / "x", [a, b]))
+    assert e.value.field in ("row_run_id", "row_step_index")
+    with pytest.raises(VhError, match="no predictions"):
+        R.build_report(tmp_path / "empty", CFG)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_temperature_recovers_a_planted_temperature():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, size=(20000, 3))
+    z = np.sort(z, axis=1)[:, ::-1]  # ordered threshold logits
+    y = (rng.uniform(size=z.shape) < 1 / (1 + np.exp(-z / 2.0))).astype(np.uint8)
+    t = C.fit_temperature(logits=z, y=y, kind="binary")
+    assert abs(t - 2.0) < 0.1
+    q = C.scaled_probs(logits=z, temperature=t, kind="binary")
+    assert np.all(np.diff(q, axis=1) <= 0)  # the thresholds stay ordered
+    nll = lambda tt: C.scaled_nll(logits=z, y=y, temperature=tt, kind="binary")  # noqa: E731
+    assert nll(t) <= min(nll(1.0), nll(t * 1.05), nll(t / 1.05))
+    logits = rng.normal(0, 2, size=(20000, 5))
+    p = C.scaled_probs(logits=logits, temperature=0.5, kind="categorical")
+    cls = (rng.uniform(size=(20000, 1)) > np.cumsum(p, 1)).sum(1)
+    assert abs(C.fit_temperature(logits=logits, y=cls, kind="categorical") - 0.5) < 0.05
+
+
+def test_slices_count_rows_and_runs():
+    run = np.repeat(np.arange(9), np.arange(1, 10))  # run r has r + 1 states
+    frac = np.concatenate([np.arange(k) / k for k in range(1, 10)])
+    sl = S.make_slices(
+        step_fraction=frac,
+        run_id=run,
+        run_length=np.repeat(np.arange(1, 10), np.arange(1, 10)),
+        max_tile=np.full(run.size, 2048),
+        thresholds=np.array([1024, 4096]),
+    )
+    for fam in sl.values():
+        masks = np.stack([m for _, m in fam])
+        assert np.all(masks.sum(0) == 1)  # a partition of the rows
+    lengths = [int(m.sum()) for _, m in sl["length"]]
+    assert lengths == [1 + 2 + 3, 4 + 5 + 6, 7 + 8 + 9]  # three runs per tertile
+    rows = S.slice_table(sl["length"], B.run_index(run).code, {"x": (frac, "mean")})
+    assert [r["runs"] for r in rows] == [3, 3, 3]
+    assert [m.sum() for _, m in sl["tile"]] == [0, run.size, 0]
+
+
+# --------------------------------------------------------------------------- Chromium
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_html_renders_in_headless_chromium(planted_report, tmp_path):
+    from matplotlib import image
+
+    d, _, _ = planted_report
+    shot = tmp_path / "shot.png"
+    res = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"file://{d / 'index.html'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    console = [ln for ln in res.stderr.splitlines() if "CONSOLE" in ln]
+    assert not console, console
+    img = image.imread(shot)[..., :3]  # (H, W, 3) in [0, 1]
+    assert img.shape[:2] == (2000, 1280)
+    ink = np.any(img < 0.9, axis=2)  # text, table borders, plots
+    colour = img.max(axis=2) - img.min(axis=2) > 0.3  # the plots' coloured lines and points
+    assert ink.mean() > 0.01 and colour.sum() > 200

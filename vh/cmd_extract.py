@@ -1,0 +1,169 @@
+"""``vh extract`` (phase 1: dataset -> embedding cache) and ``vh bench extract``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vh.shell import bench, config_options, done, main
+
+
+def _with_overrides(cfg, **values):
+    """The config with the command-line options that were given (None = not given)."""
+    from vh.config import Config, build
+
+    given = {k: v for k, v in values.items() if v is not None}
+    return build(Config, {"extract": given}, base=cfg) if given else cfg
+
+
+@main.command()
+@click.option(
+    "--dataset",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Dataset dir (steps-*.npy, metadata.db, optional values-*.npy).",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(),
+    default=None,
+    help="Trunk init dir, .pt bundle or .safetensors (not with --trunk onehot).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache dir.")
+@click.option(
+    "--trunk",
+    type=click.Choice(["init", "onehot"]),
+    default=None,
+    help="onehot = the raw-board baseline (no network). [extract.trunk]",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per trunk forward. [extract.batch_size]",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default=None,
+    help="Embedding dtype in the cache. [extract.dtype]",
+)
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N. [extract.device]")
+@click.option(
+    "--gamma",
+    type=float,
+    default=None,
+    help="Discount of a `return` column (none without). [extract.gamma]",
+)
+@click.option("--overwrite", is_flag=True, help="Delete an existing cache at --out first.")
+@config_options
+def extract(dataset, init, out, trunk, batch_size, dtype, device, gamma, overwrite, cfg):
+    """Run the frozen trunk once over DATASET and write the embedding cache OUT.
+
+    \b
+    Rerunning the same command resumes an interrupted extract; on a finished cache it says
+    so. Several workers: torchrun --nproc-per-node N -m vh extract ...
+    """
+    from vh.extract.run import run_extract
+
+    cfg = _with_overrides(
+        cfg, trunk=trunk, batch_size=batch_size, dtype=dtype, device=device, gamma=gamma
+    )
+    r = run_extract(dataset, init, out, cfg, overwrite=overwrite)
+    if r.rank != 0:  # under torchrun, rank 0 alone says what was written
+        return
+    if r.already_complete:
+        done(
+            f"{r.path} is already complete ({r.n:,} x {r.d} {r.dtype}); nothing to do "
+            "(--overwrite recomputes it)"
+        )
+    else:
+        done(
+            f"wrote {r.n:,} x {r.d} {r.dtype} embeddings and per-state columns "
+            f"({r.n_units} units, {r.units_done} embedded by this run) to {r.path}"
+        )
+
+
+@bench.command("extract")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Rows embedded by each measurement.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "small", "288x10"]),
+    default="small",
+    show_default=True,
+    help="Trunk size (random weights).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Pairs of (a) bare forward then (b) pipeline; the median pair ratio is reported.",
+)
+@click.option(
+    "--codec-mib",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Size of the emb codec measurement.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the dataset and caches go (a temp dir by default).",
+)
+@click.option(
+    "--benchmarks",
+    type=click.Path(dir_okay=False),
+    default="BENCHMARKS.md",
+    show_default=True,
+    help="Markdown file whose 'extract' section is rewritten.",
+)
+@config_options
+def bench_extract_cmd(rows, preset, repeats, codec_mib, workdir, benchmarks, cfg):
+    """Bare trunk forward on pre-decoded tokens vs the full extract pipeline, same rows."""
+    import tempfile
+
+    from vh.extract.run import bench_extract, benchmarks_markdown
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = bench_extract(
+            cfg,
+            rows=rows,
+            preset=preset,
+            repeats=repeats,
+            workdir=Path(workdir or tmp),
+            codec_bytes=codec_mib << 20,
+        )
+    text = benchmarks_markdown(res)
+    click.echo(text)
+    _replace_section(Path(benchmarks), "extract", text)
+    done(
+        f"pipeline / bare forward = {res['ratio']:.3f}; wrote the 'extract' section of {benchmarks}"
+    )
+
+
+def _replace_section(path: Path, name: str, text: str) -> None:
+    """Replace (or append) the ``## name`` section of a markdown file, keeping the others."""
+    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks", ""]
+    head = f"## {name}"
+    start = next((i for i, line in enumerate(lines) if line.strip() == head), None)
+    if start is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *text.rstrip("\n").splitlines()]
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        lines[start:end] = [*text.rstrip("\n").splitlines(), ""]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")

@@ -1,0 +1,110 @@
+"""``vh fit``: heads on the embedding cache (JAX); ``vh bench fit``: how fast that is."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from vh.shell import bench, config_options, done, main
+
+HEADS = {
+    "ordinal": "ordinal",
+    "tiles": "tiles",
+    "categorical": "tiles",
+    "logscore": "logscore",
+    "return": "return",
+}
+
+
+@main.command()
+@click.option(
+    "--cache",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Embedding cache written by vh extract.",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run dir.")
+@click.option(
+    "--head",
+    type=click.Choice(sorted(HEADS)),
+    help="Target (fit.target.kind); categorical = tiles.",
+)
+@click.option("--arch", type=click.Choice(["probe", "mlp"]), help="Head (fit.head.arch).")
+@click.option(
+    "--grid",
+    multiple=True,
+    metavar="KEY=V1,V2,…",
+    help="Train a grid in one vmapped pass (keys lr, wd, seed; repeatable).",
+)
+@click.option(
+    "--resume/--overwrite",
+    default=None,
+    help="Default: resume a matching run dir, else start; --overwrite starts over.",
+)
+@config_options
+def fit(cfg, cache, out, head, arch, grid, resume):
+    """Fit value heads on a cache: splits by run, early stopping, best checkpoints.
+
+    \b
+    Example:
+      vh fit --cache CACHE --out runs/probe_ord --head ordinal --arch probe \\
+             --grid lr=1e-4,3e-4,1e-3 --grid wd=0,1e-4
+    """
+    from vh.heads.api import fit as run_fit
+    from vh.heads.train import parse_grid
+
+    fcfg = cfg.fit
+    if head:
+        fcfg = dataclasses.replace(fcfg, target=dataclasses.replace(fcfg.target, kind=HEADS[head]))
+    if arch:
+        fcfg = dataclasses.replace(fcfg, head=dataclasses.replace(fcfg.head, arch=arch))
+    summary = run_fit(fcfg, cache, out, grid=parse_grid(grid), resume=resume)
+    best = summary["best_member"]
+    done(
+        f"wrote {len(summary['members'])} head(s) to {out}: best {best}, val nll "
+        f"{summary['members'][best]['best_val_nll']:.4f}"
+    )
+
+
+@bench.command("fit")
+@click.option("--rows", default=2_000_000, show_default=True, help="Cached states.")
+@click.option("--dim", default=288, show_default=True, help="Embedding width.")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    help="Use this cache's first --rows rows instead of random float16 embeddings.",
+)
+@click.option(
+    "--seed-batches",
+    default=2,
+    show_default=True,
+    help="Batches of the seed's in-loop trunk to time (it is slow).",
+)
+@click.option(
+    "--mlp-rows",
+    default=262_144,
+    show_default=True,
+    help="Rows of the MLP epoch slice (extrapolated to a full epoch).",
+)
+@click.option(
+    "--md",
+    type=click.Path(dir_okay=False),
+    help="Also write the results as section 'fit' of this markdown file.",
+)
+@config_options
+def bench_fit(cfg, rows, dim, cache, seed_batches, mlp_rows, md):
+    """Heads on cached states vs the seed's in-loop trunk and a plain PyTorch loop."""
+    from vh.bench_fit import run_bench
+
+    text = run_bench(
+        cfg.fit,
+        rows=rows,
+        dim=dim,
+        cache=cache,
+        seed_batches=seed_batches,
+        mlp_rows=mlp_rows,
+        md=md,
+    )
+    click.echo(text)
+    done(f"benchmarked vh fit on {rows:,} rows" + (f"; wrote section 'fit' of {md}" if md else ""))
