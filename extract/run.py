@@ -554,46 +554,43 @@ def run_extract(
     ecfg, out = cfg.extract, Path(out)
     if ecfg.batch_size <= 0 or ecfg.chunk_rows <= 0:
         raise VhError("batch_size and chunk_rows must be positive", field="extract")
-    # ---- workers and device
     env = DistEnv.from_env()
-    env.start()
-    device = resolve_device(ecfg.device, env.local_rank)
-    if device.type == "cpu" and ecfg.threads > 0:
-        torch.set_num_threads(ecfg.threads)
     with contextlib.ExitStack() as stack:
+        # ---- workers and device
+        env.start()
         stack.callback(env.stop)
-        # ---- inputs; rank 0 decides (lock, fingerprint, create/resume, columns)
-        ds = open_dataset(dataset)
-        if env.is_main:
-            stack.enter_context(CacheLock(out, log=log))
-        lt = _load(ecfg, init, device, ds)
-        plan = env.on_main(lambda: _prepare(ds, lt, out, cfg, device, overwrite=overwrite, log=log))
+        device = resolve_device(ecfg.device, env.local_rank)
+        if device.type == "cpu" and ecfg.threads > 0:
+            torch.set_num_threads(ecfg.threads)
+
+        # ---- rank 0 decides: lock, inputs, fingerprint, create or resume, columns (its
+        # errors reach every rank, so none waits forever); then the others load the same
+        inputs: dict = {}
+
+        def prepare() -> _Plan:
+            stack.enter_context(CacheLock(out, log=log))  # held until the end
+            inputs.update(_inputs(dataset, init, ecfg, device))
+            return _prepare(**inputs, out=out, cfg=cfg, device=device, overwrite=overwrite, log=log)
+
+        plan = env.on_main(prepare)
         if not env.is_main:
-            _check_same_trunk(lt, plan.fingerprint, out)
+            inputs.update(_inputs(dataset, init, ecfg, device))
+            _check_same_trunk(inputs["lt"], plan.fingerprint, out)
         writer = CacheWriter(out)
         if plan.complete:
-            return ExtractResult(
-                out,
-                writer.n,
-                writer.d,
-                writer.attrs["dtype"],
-                writer.n_units,
-                0,
-                True,
-                Stats(),
-                env.rank,
-            )
+            return _result(writer, 0, True, Stats(), env.rank)
+
         # ---- embed this worker's units
         mine = [u for u in plan.todo if u % env.world == env.rank]
         rows = sum(stop - start for start, stop in map(writer.unit_range, mine))
         bar = Progress(rows, "extract", stream=log if env.is_main else None, every=2.0)
         pipe = UnitPipeline(
-            ds,
-            lt.model,
+            inputs["ds"],
+            inputs["lt"].model,
             writer,
             batch_size=ecfg.batch_size,
             device=device,
-            vocab=_vocab(lt),
+            vocab=_vocab(inputs["lt"]),
             compile=ecfg.compile,
             progress=bar,
         )
@@ -611,20 +608,32 @@ def run_extract(
                 "another worker failed; rerun the same command to resume", path=out, code=3
             )
         bar.close(_breakdown(stats))
+
         # ---- rank 0: check every unit against its chunk, then the marker (last)
         if env.is_main:
             writer.finish()
         env.barrier()
+    return _result(writer, sum(units), False, stats, env.rank)
+
+
+def _inputs(dataset, init, ecfg: ExtractConfig, device: torch.device) -> dict:
+    ds = open_dataset(dataset)
+    return {"ds": ds, "lt": _load(ecfg, init, device, ds)}
+
+
+def _result(
+    writer: CacheWriter, units_done: int, complete: bool, stats: Stats, rank: int
+) -> ExtractResult:
     return ExtractResult(
-        out,
+        writer.path,
         writer.n,
         writer.d,
         writer.attrs["dtype"],
         writer.n_units,
-        sum(units),
-        False,
+        units_done,
+        complete,
         stats,
-        env.rank,
+        rank,
     )
 
 
@@ -849,7 +858,11 @@ def benchmarks_markdown(r: dict) -> str:
         "run on background threads, overlapping the forward): "
         f"decode {b['decode']:.2f} s, host-to-device copy {b['copy']:.2f} s, forward "
         f"{b['forward']:.2f} s, write {b['write']:.2f} s, trunk waiting for input "
-        f"{b['starved']:.2f} s, embedding loop {b['wall']:.2f} s.",
+        f"{b['starved']:.2f} s, embedding loop {b['wall']:.2f} s. The trunk was busy "
+        f"{100 * b['forward'] / max(b['wall'], 1e-9):.1f} % of the embedding loop; setup and "
+        f"finish (validate, hash, create, columns, fsyncs, verify, marker) took "
+        f"{r['pipeline_s'] - b['wall']:.2f} s, a fixed cost that an extract of millions of rows "
+        "amortises.",
         "",
         f"emb codecs on these embeddings (tiled to about {r['codec_mib']} MiB of whole chunks, "
         "whole-chunk writes, reads into a preallocated buffer, best of 3):",

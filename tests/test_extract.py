@@ -358,9 +358,7 @@ def _cache_bytes(path: Path) -> dict[str, bytes]:
     }
 
 
-def test_two_workers_give_identical_bytes(tmp_path, world):
-    out = tmp_path / "c2"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(world, out: Path) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
@@ -382,7 +380,13 @@ def test_two_workers_give_identical_bytes(tmp_path, world):
         "--gamma",
         "0.9",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_two_workers_give_identical_bytes(tmp_path, world):
+    out = tmp_path / "c2"
+    proc = _torchrun(world, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone says what it wrote
     assert open_cache(out).complete
@@ -390,6 +394,14 @@ def test_two_workers_give_identical_bytes(tmp_path, world):
     assert sorted(one) == sorted(two)
     for name in one:
         assert one[name] == two[name], name
+
+
+def test_two_workers_stop_together_on_rank0s_error(tmp_path, world):
+    # rank 0 is refused (the cache is locked): rank 1 gets the same one-line error, no hang
+    with CacheLock(tmp_path / "c"):
+        proc = _torchrun(world, tmp_path / "c")
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: ") >= 2 and "another extract holds this cache" in proc.stderr
 
 
 def test_bench_extract_smoke(tmp_path):
