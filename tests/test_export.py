@@ -38,13 +38,24 @@ HEADS = {  # name -> (target kind, arch, monotone)
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    cfg = load_config(sets=[
-        "synth.games=24", "synth.player=greedy", "synth.shard_rows=4096",
-        "extract.dtype=float32", "extract.chunk_rows=1024", "extract.batch_size=512",
-        "fit.target.thresholds=[128, 256, 512]", "fit.head.hidden=32",
-        "fit.train.batch_size=1024", "fit.train.epochs=2", "fit.train.lr=0.01",
-        "fit.split.train=0.6", "fit.split.val=0.2", "fit.split.test=0.2",
-    ])
+    cfg = load_config(
+        sets=[
+            "synth.games=24",
+            "synth.player=greedy",
+            "synth.shard_rows=4096",
+            "extract.dtype=float32",
+            "extract.chunk_rows=1024",
+            "extract.batch_size=512",
+            "fit.target.thresholds=[128, 256, 512]",
+            "fit.head.hidden=32",
+            "fit.train.batch_size=1024",
+            "fit.train.epochs=2",
+            "fit.train.lr=0.01",
+            "fit.split.train=0.6",
+            "fit.split.val=0.2",
+            "fit.split.test=0.2",
+        ]
+    )
     synth(cfg.synth, root / "data", progress=False)
     write_init_dir(root / "trunk", "tiny", seed=3)
     run_extract(root / "data", root / "trunk", root / "cache", cfg, log=None)
@@ -54,7 +65,8 @@ def study(tmp_path_factory):
 
         f = cfg.fit
         fcfg = dataclasses.replace(
-            f, target=dataclasses.replace(f.target, kind=kind),
+            f,
+            target=dataclasses.replace(f.target, kind=kind),
             head=dataclasses.replace(f.head, arch=arch, monotone=mono),
         )
         fit(fcfg, root / "cache", root / "runs" / name, log=lambda s: None)
@@ -106,14 +118,32 @@ def test_export_refuses_another_trunk_and_an_existing_dir(study, tmp_path):
 
 def test_cli_export(study, tmp_path):
     root, runs = study
-    r = CliRunner().invoke(main, ["export", str(runs["probe-tiles"]), "--init",
-                                  str(root / "trunk"), "--out", str(tmp_path / "new")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(runs["probe-tiles"]),
+            "--init",
+            str(root / "trunk"),
+            "--out",
+            str(tmp_path / "new"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "wrote init dir" in r.output
     block = json.loads((tmp_path / "new" / "config.json").read_text())["value_head"]
     assert block["objective"]["type"] == "cross_entropy"
     assert block["objective"]["vocab_type"] == "tile_bucket"
     assert block["objective"]["vocab_size"] == 4
-    r = CliRunner().invoke(main, ["export", str(tmp_path / "nope"), "--init",
-                                  str(root / "trunk"), "--out", str(tmp_path / "n2")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tmp_path / "nope"),
+            "--init",
+            str(root / "trunk"),
+            "--out",
+            str(tmp_path / "n2"),
+        ],
+    )
     assert r.exit_code != 0 and "Traceback" not in r.output

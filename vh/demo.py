@@ -69,18 +69,19 @@ def pick_thresholds(highest_tile: np.ndarray, lo: float = 0.03, hi: float = 0.97
     if len(ts) < 2:
         raise VhError(
             f"the synthetic games do not spread over two milestones (highest tiles "
-            f"{sorted(set(highest_tile.tolist()))}); play more games", field="synth.games"
+            f"{sorted(set(highest_tile.tolist()))}); play more games",
+            field="synth.games",
         )
     return tuple(ts)
 
 
-def _stage(name: str, done_marker: Path, fn) -> None:
+def _stage(name: str, done_marker: Path, fn, *args) -> None:
     if done_marker.exists():
         _say(f"demo: {name}: already done, reusing {done_marker.parent}")
         return
     t = time.perf_counter()
     _say(f"demo: {name} ...")
-    fn()
+    fn(*args)
     _say(f"demo: {name}: done in {time.perf_counter() - t:.1f} s")
 
 
@@ -110,26 +111,33 @@ def run_demo(out, cfg: Config, *, init=None) -> dict:
     # ---- 2. trunk
     if init is None:
         init = out / "trunk"
-        _stage("trunk", init / "config.json", lambda: write_init_dir(init, DEMO_PRESET, cfg.extract.seed))
+        _stage(
+            "trunk",
+            init / "config.json",
+            lambda: write_init_dir(init, DEMO_PRESET, cfg.extract.seed),
+        )
 
     # ---- 3. caches (run_extract resumes, and says so on a finished cache)
     onehot = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, trunk="onehot"))
     for name, c, trunk in (("cache-trunk", cfg, init), ("cache-onehot", onehot, None)):
         _say(f"demo: extract {name} ...")
-        run_extract(dataset, trunk, out / name, c)
+        if run_extract(dataset, trunk, out / name, c).already_complete:
+            _say(f"demo: extract {name}: already done, reusing {out / name}")
 
     # ---- 4. heads: thresholds that split the runs actually played
     reader = open_cache(out / "cache-trunk")
     thresholds = pick_thresholds(np.asarray(reader.runs["highest_tile"]))
-    _say(f"demo: milestone thresholds chosen from the synthetic games: {list(thresholds)} "
-         f"(real 2048 data would use 1024..32768)")
+    _say(
+        f"demo: milestone thresholds chosen from the synthetic games: {list(thresholds)} "
+        f"(real 2048 data would use 1024..32768)"
+    )
     run_dirs = []
     for name, (kind, arch, cache) in STUDY.items():
         target = dataclasses.replace(cfg.fit.target, kind=kind, thresholds=thresholds)
         head = dataclasses.replace(cfg.fit.head, arch=arch)
         fcfg = dataclasses.replace(cfg.fit, target=target, head=head)
         run_dir = out / "runs" / name
-        _stage(f"fit {name}", run_dir / "summary.json", lambda: fit(fcfg, out / cache, run_dir))
+        _stage(f"fit {name}", run_dir / "summary.json", fit, fcfg, out / cache, run_dir)
         run_dirs.append(run_dir)
 
     # ---- 5. report

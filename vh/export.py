@@ -43,8 +43,9 @@ def _last_layer(params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The output layer as (weight (out, in), bias (out,)), a monotone one made affine."""
     from vh.heads.modules import linear_map
 
-    last = {k: v for k, v in params.items() if k.split(".")[0] in ("out", "score", "cut_b",
-                                                                    "cut_inc")}
+    last = {
+        k: v for k, v in params.items() if k.split(".")[0] in ("out", "score", "cut_b", "cut_inc")
+    }
     return linear_map(last)
 
 
@@ -75,14 +76,22 @@ def head_tensors(rh) -> tuple[dict[str, np.ndarray], dict]:
     if spec.encoding == "scalar":
         objective = {"type": "mse", "vocab_size": 1, "vocab_type": "muzero_return"}
     else:
-        objective = {"type": "cross_entropy", "vocab_size": int(spec.n_out),
-                     "vocab_type": VOCAB_TYPES[spec.kind]}
+        objective = {
+            "type": "cross_entropy",
+            "vocab_size": int(spec.n_out),
+            "vocab_type": VOCAB_TYPES[spec.kind],
+        }
         if spec.kind in ("ordinal", "tiles"):
             objective["thresholds"] = [int(t) for t in spec.thresholds]
         if spec.binned:
             objective["support"] = [float(spec.lo), float(spec.hi)]
-    block = {"enabled": True, "pooling": "mean", "arch": rh.arch, "objective": objective,
-             "source": {"run_dir": str(rh.run_dir), "member": rh.member}}
+    block = {
+        "enabled": True,
+        "pooling": "mean",
+        "arch": rh.arch,
+        "objective": objective,
+        "source": {"run_dir": str(rh.run_dir), "member": rh.member},
+    }
     if rh.arch == "mlp":
         block.update(hidden=int(rh.params["hidden.kernel"].shape[1]), activation="gelu_tanh")
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
@@ -94,17 +103,24 @@ def _check_same_trunk(rh, lt, init) -> None:
     fp = (rh.config.get("cache") or {}).get("fingerprint") or {}
     trunk_fp = fp.get("trunk") or {}
     if trunk_fp.get("kind") == "onehot":
-        raise VhError("this head was trained on the one-hot baseline cache, not on a trunk",
-                      path=rh.run_dir, field="cache.fingerprint.trunk")
+        raise VhError(
+            "this head was trained on the one-hot baseline cache, not on a trunk",
+            path=rh.run_dir,
+            field="cache.fingerprint.trunk",
+        )
     want, have = trunk_fp.get("weights_sha256"), lt.weights_sha256
     if want != have or (want is None and trunk_fp.get("seed") != lt.seed):
-        raise VhError(f"the head was trained on another trunk (weights sha256 {str(want)[:12]} "
-                      f"in the run's cache, {str(have)[:12]} in the init dir)",
-                      path=init, field="weights")
+        raise VhError(
+            f"the head was trained on another trunk (weights sha256 {str(want)[:12]} "
+            f"in the run's cache, {str(have)[:12]} in the init dir)",
+            path=init,
+            field="weights",
+        )
 
 
-def export_head(run_dir, init, out, *, member: str | None = None, overwrite: bool = False,
-                seed: int = 0) -> Path:
+def export_head(
+    run_dir, init, out, *, member: str | None = None, overwrite: bool = False, seed: int = 0
+) -> Path:
     """Write a new init dir: ``init``'s trunk plus the run's head as ``value_head``.
 
     Args:
@@ -130,13 +146,17 @@ def export_head(run_dir, init, out, *, member: str | None = None, overwrite: boo
     hidden = lt.config.hidden_size
     width = rh.params_width()
     if width != hidden:
-        raise VhError(f"head input width {width} != trunk hidden_size {hidden}",
-                      path=run_dir, field="params")
+        raise VhError(
+            f"head input width {width} != trunk hidden_size {hidden}", path=run_dir, field="params"
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise VhError("output dir exists (pass --overwrite to replace it)", path=out)
-    state = {k: v.detach().cpu().contiguous() for k, v in lt.model.state_dict().items()
-             if not k.startswith("value_")}
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in lt.model.state_dict().items()
+        if not k.startswith("value_")
+    }
     state.update({k: torch.from_numpy(v) for k, v in tensors.items()})
     config = {k: v for k, v in lt.config_dict.items()}
     config["value_head"] = block
