@@ -60,13 +60,16 @@ def ordinal_bce(
     """
     y = labels.astype(jnp.float32)
     z = logits.astype(jnp.float32)
-    log_p, log_1mp = jax.nn.log_sigmoid(z), jax.nn.log_sigmoid(-z)
+    # one softplus gives both logs: -log p = softplus(z) - z, -log(1 - p) = softplus(z); stable
+    # for any z, and half the transcendental work of two log_sigmoid calls (a grid computes
+    # M·K of these per row)
+    sp = jax.nn.softplus(z)
     wp = 1.0 if pos_weight is None else pos_weight
     wn = 1.0 if neg_weight is None else neg_weight
-    per = -(wp * y * log_p + wn * (1.0 - y) * log_1mp)  # (n, K)
+    per = wp * y * (sp - z) + wn * (1.0 - y) * sp  # (n, K)
     if focal_gamma:
-        # log(1 - p_t) in closed form, so the modulation stays smooth at extreme logits
-        per = per * jnp.exp(focal_gamma * (y * log_1mp + (1.0 - y) * log_p))
+        # log(1 - p_t) = (1 - y) z - softplus(z): the modulation stays smooth at extreme logits
+        per = per * jnp.exp(focal_gamma * ((1.0 - y) * z - sp))
     return _apply_mask(jnp.mean(per, axis=-1), mask)
 
 
@@ -136,7 +139,8 @@ class Objective:
 
     ``loss`` is what is minimised (with balancing, focal or quartic terms); ``nll`` is the
     plain negative log-likelihood used for validation and early stopping (for the scalar
-    return head, the squared error in transformed units).
+    return head, the squared error in transformed units). When the training loss is the NLL,
+    both are the same function object and the train step evaluates it once.
     """
 
     loss: Callable[..., jax.Array]
@@ -160,7 +164,7 @@ def _ordinal(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> 
     def nll(z, y, mask=None):
         return ordinal_bce(z, y, mask=mask)
 
-    return Objective(loss, nll)
+    return Objective(loss if cfg.balance or cfg.focal_gamma else nll, nll)
 
 
 def _categorical(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> Objective:
@@ -178,7 +182,7 @@ def _scalar(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> O
     def nll(z, y, mask=None):
         return squared_error(z, y, mask=mask)
 
-    return Objective(loss, nll)
+    return Objective(loss if cfg.quartic else nll, nll)
 
 
 # by the target's encoding (TargetSpec.encoding)

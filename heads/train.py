@@ -60,6 +60,8 @@ def _compiled(key: tuple, build: Callable):
     """Jitted functions by everything they close over (head, objective, schedule, mesh), so
     fits that differ only in data or hyperparameters reuse one compilation."""
     if key not in _COMPILED:
+        if len(_COMPILED) >= 64:  # a long-lived process fitting many heads: drop the oldest
+            _COMPILED.pop(next(iter(_COMPILED)))
         _COMPILED[key] = build()
     return _COMPILED[key]
 
@@ -182,6 +184,8 @@ def make_step(model, objective: Objective, factor: Callable) -> Callable:
             return jnp.sum(objective.loss(z, chunk["y"], mask=chunk["mask"])), z
 
         (loss, z), g = jax.value_and_grad(loss_sum, has_aux=True)(params)
+        if objective.nll is objective.loss:  # no second pass over the logits
+            return g, loss, loss
         return g, loss, jnp.sum(objective.nll(z, chunk["y"], mask=chunk["mask"]))
 
     def update(params, opt, lr, wd, g, step):  # AdamW, one member

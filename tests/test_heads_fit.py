@@ -351,3 +351,25 @@ def test_cli_smoke(small_cache, tmp_path):
     )
     assert r.exit_code == 2 and "unknown grid key" in r.output
     assert "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_bench_fit_runs_and_writes_its_section(tmp_path):
+    from vh.bench_fit import run_bench
+    from vh.config import Config
+
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\n## extract\n\nkept\n")
+    text = run_bench(
+        Config().fit,
+        rows=20_000,
+        dim=32,
+        cache=None,
+        rounds=1,
+        seed_batch=16,
+        mlp_rows=4096,
+        md=str(md),
+    )
+    assert text.startswith("## fit") and "Goals:" in text
+    doc = md.read_text()
+    assert "## extract\n\nkept" in doc and doc.count("## fit") == 1

@@ -76,16 +76,22 @@ def fit(cfg, cache, out, head, arch, grid, resume):
     help="Use this cache's first --rows rows instead of random float16 embeddings.",
 )
 @click.option(
-    "--seed-batches",
-    default=2,
+    "--rounds",
+    default=3,
     show_default=True,
-    help="Batches of the seed's in-loop trunk to time (it is slow).",
+    help="Interleaved timed rounds (after a warm-up round).",
+)
+@click.option(
+    "--seed-batch",
+    default=1024,
+    show_default=True,
+    help="States per timed batch of the seed's in-loop trunk (it is slow).",
 )
 @click.option(
     "--mlp-rows",
     default=262_144,
     show_default=True,
-    help="Rows of the MLP epoch slice (extrapolated to a full epoch).",
+    help="Rows of the MLP epoch slice (its rows/s extrapolate to a full epoch).",
 )
 @click.option(
     "--md",
@@ -93,7 +99,7 @@ def fit(cfg, cache, out, head, arch, grid, resume):
     help="Also write the results as section 'fit' of this markdown file.",
 )
 @config_options
-def bench_fit(cfg, rows, dim, cache, seed_batches, mlp_rows, md):
+def bench_fit(cfg, rows, dim, cache, rounds, seed_batch, mlp_rows, md):
     """Heads on cached states vs the seed's in-loop trunk and a plain PyTorch loop."""
     from vh.bench_fit import run_bench
 
@@ -102,7 +108,8 @@ def bench_fit(cfg, rows, dim, cache, seed_batches, mlp_rows, md):
         rows=rows,
         dim=dim,
         cache=cache,
-        seed_batches=seed_batches,
+        rounds=rounds,
+        seed_batch=seed_batch,
         mlp_rows=mlp_rows,
         md=md,
     )
