@@ -107,6 +107,13 @@ class CacheReader:
             self._emb = self._group[schema.EMB]
         except KeyError:
             raise VhError("array missing", path=self.path, field=schema.EMB) from None
+        if tuple(self._emb.shape) != (self.n, self.d) or self._emb.dtype != self.dtype:
+            raise VhError(
+                f"array is {self._emb.shape} {self._emb.dtype}, the attributes say "
+                f"({self.n}, {self.d}) {self.dtype}",
+                path=self.path,
+                field=schema.EMB,
+            )
         self.chunk_rows = int(self._emb.chunks[0])
         self._local = threading.local()  # per-thread scratch chunks for take()
         self._runs: dict[str, np.ndarray] | None = None

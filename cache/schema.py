@@ -104,6 +104,34 @@ def check_attrs(path: str | os.PathLike, attrs: dict) -> None:
             path=where,
             field="schema_version",
         )
+    # a hand-edited or damaged zarr.json must fail here, not as a ValueError deep in a reader
+    for key, kind in _ATTR_TYPES.items():
+        value = attrs[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise VhError(f"has type {type(value).__name__}, expected {kind.__name__}",
+                          path=where, field=key)  # fmt: skip
+    for key in ("n", "d", "chunk_rows"):
+        if attrs[key] < (0 if key == "n" else 1):
+            raise VhError(f"{attrs[key]} is out of range", path=where, field=key)
+    if attrs["n_units"] != n_units(attrs["n"], attrs["chunk_rows"]):
+        raise VhError("does not match n and chunk_rows", path=where, field="n_units")
+    if attrs["dtype"] not in EMB_DTYPES:
+        raise VhError(f"{attrs['dtype']!r} is not one of {EMB_DTYPES}", path=where, field="dtype")
+    if not all(isinstance(c, str) for c in attrs["columns"]):
+        raise VhError("holds a name that is not a string", path=where, field="columns")
+
+
+_ATTR_TYPES = {
+    "n": int,
+    "d": int,
+    "chunk_rows": int,
+    "n_units": int,
+    "dtype": str,
+    "columns": list,
+    "extract_config": dict,
+    "fingerprint": dict,
+    "fingerprint_digest": str,
+}
 
 
 def n_units(n: int, chunk_rows: int) -> int:

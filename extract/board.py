@@ -21,8 +21,9 @@ SHIFTS = np.array([60 - 4 * i for i in range(N_CELLS)], dtype=np.uint64)
 _BYTE_TO_NIBBLES = np.stack([np.arange(256) >> 4, np.arange(256) & 15], axis=1).astype(np.uint8)
 
 
-def unpack(boards: np.ndarray, mask: np.ndarray | None = None, out: np.ndarray | None = None
-           ) -> np.ndarray:
+def unpack(
+    boards: np.ndarray, mask: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Decode packed boards into exponents.
 
     Args:
@@ -43,7 +44,7 @@ def unpack(boards: np.ndarray, mask: np.ndarray | None = None, out: np.ndarray |
         m = np.asarray(mask)
         rows = np.flatnonzero(m)
         if rows.size:
-            bits = ((m[rows, None].astype(np.uint32) >> np.arange(N_CELLS, dtype=np.uint32)) & 1)
+            bits = (m[rows, None].astype(np.uint32) >> np.arange(N_CELLS, dtype=np.uint32)) & 1
             r, c = np.nonzero(bits)
             out[rows[r], c] = MAX_EXP
     return out
@@ -94,8 +95,7 @@ def max_exponent(exps: np.ndarray) -> np.ndarray:
 
 
 # score implied by a tile built from 2s only: a tile 2**e took (e-1) * 2**e points of merges
-_TILE_SCORE = np.array([0, 0] + [(e - 1) * (1 << e) for e in range(2, MAX_EXP + 1)],
-                       dtype=np.int64)
+_TILE_SCORE = np.array([0, 0] + [(e - 1) * (1 << e) for e in range(2, MAX_EXP + 1)], dtype=np.int64)
 
 
 def board_score(exps: np.ndarray) -> np.ndarray:

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib import format as npformat
-from vh.extract.board import MAX_EXP, N_CELLS, unpack
-from vh.extract.formats import MOVE_FIELDS, STEP_FIELDS
 
 from vh.errors import VhError
+from vh.extract.board import MAX_EXP, N_CELLS, unpack
+from vh.extract.formats import MOVE_FIELDS, STEP_FIELDS
 from vh.progress import Progress
 
 METADATA = "metadata.db"
@@ -204,7 +204,7 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
             return shape, dtype, f.tell()
-    except (ValueError, TypeError, SyntaxError, OverflowError) as e:
+    except Exception as e:  # numpy parses header bytes with ast/tokenize: many error types
         reason = " ".join(str(e).split())[:160]
         raise VhError(f"not a valid .npy file ({reason})", path=path, field="header") from None
 

@@ -10,34 +10,70 @@ from __future__ import annotations
 import numpy as np
 
 # packed expectimax dataset, with board_eval: 46 bytes, packed (no alignment padding)
-PACKED_46 = np.dtype([
-    ("run_id", "<u4"), ("step_index", "<u4"), ("board", "<u8"), ("board_eval", "<i4"),
-    ("tile_65536_mask", "<u2"), ("move_dir", "u1"), ("valuation_type", "u1"),
-    ("ev_legal", "u1"), ("max_rank", "u1"), ("seed", "<u4"), ("branch_evs", "<f4", (4,)),
-])
+PACKED_46 = np.dtype(
+    [
+        ("run_id", "<u4"),
+        ("step_index", "<u4"),
+        ("board", "<u8"),
+        ("board_eval", "<i4"),
+        ("tile_65536_mask", "<u2"),
+        ("move_dir", "u1"),
+        ("valuation_type", "u1"),
+        ("ev_legal", "u1"),
+        ("max_rank", "u1"),
+        ("seed", "<u4"),
+        ("branch_evs", "<f4", (4,)),
+    ]
+)
 # the same without board_eval: 42 bytes
-PACKED_42 = np.dtype([
-    ("run_id", "<u4"), ("step_index", "<u4"), ("board", "<u8"),
-    ("tile_65536_mask", "<u2"), ("move_dir", "u1"), ("valuation_type", "u1"),
-    ("ev_legal", "u1"), ("max_rank", "u1"), ("seed", "<u4"), ("branch_evs", "<f4", (4,)),
-])
+PACKED_42 = np.dtype(
+    [
+        ("run_id", "<u4"),
+        ("step_index", "<u4"),
+        ("board", "<u8"),
+        ("tile_65536_mask", "<u2"),
+        ("move_dir", "u1"),
+        ("valuation_type", "u1"),
+        ("ev_legal", "u1"),
+        ("max_rank", "u1"),
+        ("seed", "<u4"),
+        ("branch_evs", "<f4", (4,)),
+    ]
+)
 # a C-aligned writer of the 46-byte record pads it to 48 bytes
 PACKED_48_ALIGNED = np.dtype(PACKED_46.descr, align=True)
 
-SELFPLAY = np.dtype([
-    ("run_id", "<u8"), ("step_idx", "<u4"), ("exps", "u1", (16,)), ("move_dir", "u1"),
-    ("logp", "<f4", (4,)),
-])
+SELFPLAY = np.dtype(
+    [
+        ("run_id", "<u8"),
+        ("step_idx", "<u4"),
+        ("exps", "u1", (16,)),
+        ("move_dir", "u1"),
+        ("logp", "<f4", (4,)),
+    ]
+)
 
-LEGACY = np.dtype([
-    ("board", "<u8"), ("move", "u1"), ("ev_legal", "u1"), ("ev_values", "<f4", (4,)),
-    ("run_id", "<u4"), ("step_index", "<u2"),
-])
+LEGACY = np.dtype(
+    [
+        ("board", "<u8"),
+        ("move", "u1"),
+        ("ev_legal", "u1"),
+        ("ev_values", "<f4", (4,)),
+        ("run_id", "<u4"),
+        ("step_index", "<u2"),
+    ]
+)
 
-VALUES = np.dtype([
-    ("run_id", "<u4"), ("step_index", "<u4"), ("reward", "<f4"), ("reward_scaled", "<f4"),
-    ("return_raw", "<f4"), ("return_scaled", "<f4"),
-])
+VALUES = np.dtype(
+    [
+        ("run_id", "<u4"),
+        ("step_index", "<u4"),
+        ("reward", "<f4"),
+        ("reward_scaled", "<f4"),
+        ("return_raw", "<f4"),
+        ("return_scaled", "<f4"),
+    ]
+)
 
 LAYOUTS = {"packed": PACKED_46, "packed42": PACKED_42, "selfplay": SELFPLAY, "legacy": LEGACY}
 

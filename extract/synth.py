@@ -28,7 +28,7 @@ import sqlite3
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -361,7 +361,7 @@ def _session(cfg: SynthConfig, rows: int, shards: int) -> dict[str, str]:
         "games": str(cfg.games),
         "layout": cfg.layout if cfg.layout != "packed" or cfg.board_eval else "packed42",
         "vh_version": vh.__version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": json.dumps(to_dict(cfg), sort_keys=True),
         "value_scale": str(VALUE_SCALE) if cfg.values else "",
         "rows": str(rows),

@@ -420,6 +420,10 @@ def load_run(run_dir, member: str | None = None) -> RunHead:
         raise VhError(
             f"no member {member!r} (run has {', '.join(names)})", path=run_dir, field="member"
         )
-    params, _ = ck.load_tensors(run_dir / "members" / member / "best.safetensors")
+    best = run_dir / "members" / member / "best.safetensors"
+    params, _ = ck.load_tensors(best)
+    for key, value in params.items():  # NaN weights would give a silent NaN report or export
+        if not np.all(np.isfinite(value)):
+            raise VhError("non-finite weights (NaN or inf)", path=best, field=key)
     spec = TargetSpec.from_dict(config["target"])
     return RunHead(run_dir, member, spec, config["fit"]["head"]["arch"], params, config)

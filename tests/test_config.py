@@ -13,8 +13,14 @@ def test_defaults_file_matches_dataclass_defaults():
 
 
 def test_set_overrides_and_types():
-    cfg = C.load_config(sets=["fit.train.lr=1e-3", "fit.target.thresholds=[512, 1024]",
-                              "extract.gamma=0.99", "fit.head.arch=mlp"])
+    cfg = C.load_config(
+        sets=[
+            "fit.train.lr=1e-3",
+            "fit.target.thresholds=[512, 1024]",
+            "extract.gamma=0.99",
+            "fit.head.arch=mlp",
+        ]
+    )
     assert cfg.fit.train.lr == 1e-3
     assert cfg.fit.target.thresholds == (512, 1024)
     assert cfg.extract.gamma == 0.99
@@ -22,15 +28,18 @@ def test_set_overrides_and_types():
     assert dataclasses.is_dataclass(cfg) and isinstance(hash(cfg), int)  # frozen, hashable
 
 
-@pytest.mark.parametrize("item, key", [
-    ("fit.train.lrr=1", "fit.train.lrr"),
-    ("fit.train.lr=abc", "fit.train.lr"),
-    ("fit.train.epochs=1.5", "fit.train.epochs"),
-    ("fit.head.arch=transformer", "fit.head.arch"),
-    ("fit.target.thresholds=[1, 'a']", "fit.target.thresholds[1]"),
-    ("nosection.x=1", "nosection"),
-    ("synth.board_eval=1", "synth.board_eval"),
-])
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("fit.train.lrr=1", "fit.train.lrr"),
+        ("fit.train.lr=abc", "fit.train.lr"),
+        ("fit.train.epochs=1.5", "fit.train.epochs"),
+        ("fit.head.arch=transformer", "fit.head.arch"),
+        ("fit.target.thresholds=[1, 'a']", "fit.target.thresholds[1]"),
+        ("nosection.x=1", "nosection"),
+        ("synth.board_eval=1", "synth.board_eval"),
+    ],
+)
 def test_bad_overrides_name_the_key(item, key):
     with pytest.raises(VhError) as e:
         C.load_config(sets=[item])

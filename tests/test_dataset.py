@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from vh.errors import VhError
 from vh.extract import formats
 from vh.extract.board import pack
 from vh.extract.dataset import CHUNK_ROWS, open_dataset
-
-from vh.errors import VhError
 
 RUNS = {12: 3, 3: 5, 7: 1, 11: 8}  # run id -> steps, in file order (not sorted on purpose)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vh.config import FitConfig
+from vh.shell import replace_md_section
 
 K_THRESHOLDS = 6
 
@@ -177,20 +178,6 @@ class _TorchProcess:
         self.proc.join()
 
 
-def _write_section(path: str, name: str, text: str) -> None:
-    """Replace (or append) the ``## name`` section of a markdown file."""
-    p = Path(path)
-    doc = p.read_text() if p.exists() else "# Benchmarks\n"
-    head = f"## {name}\n"
-    if head in doc:
-        start = doc.index(head)
-        end = doc.find("\n## ", start + len(head))
-        doc = doc[:start] + text + (doc[end + 1 :] if end >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    p.write_text(doc)
-
-
 def run_bench(
     cfg: FitConfig,
     *,
@@ -316,5 +303,5 @@ def run_bench(
     ]
     text = "\n".join(lines)
     if md:
-        _write_section(md, "fit", text)
+        replace_md_section(Path(md), "fit", text)
     return text

@@ -10,8 +10,16 @@ import importlib
 
 from vh.shell import main
 
-for _mod in ("cmd_synth", "cmd_inspect", "cmd_trunk", "cmd_extract", "cmd_fit", "cmd_eval",
-             "cmd_export", "cmd_demo"):
+for _mod in (
+    "cmd_synth",
+    "cmd_inspect",
+    "cmd_trunk",
+    "cmd_extract",
+    "cmd_fit",
+    "cmd_eval",
+    "cmd_export",
+    "cmd_demo",
+):
     try:
         importlib.import_module(f"vh.{_mod}")
     except ModuleNotFoundError as e:  # a phase not built yet

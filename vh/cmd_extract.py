@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vh.shell import bench, config_options, done, main
+from vh.shell import bench, config_options, done, main, replace_md_section
 
 
 def _with_overrides(cfg, **values):
@@ -146,24 +146,7 @@ def bench_extract_cmd(rows, preset, repeats, codec_mib, workdir, benchmarks, cfg
         )
     text = benchmarks_markdown(res)
     click.echo(text)
-    _replace_section(Path(benchmarks), "extract", text)
+    replace_md_section(Path(benchmarks), "extract", text)
     done(
         f"pipeline / bare forward = {res['ratio']:.3f}; wrote the 'extract' section of {benchmarks}"
     )
-
-
-def _replace_section(path: Path, name: str, text: str) -> None:
-    """Replace (or append) the ``## name`` section of a markdown file, keeping the others."""
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks", ""]
-    head = f"## {name}"
-    start = next((i for i, line in enumerate(lines) if line.strip() == head), None)
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += ["", *text.rstrip("\n").splitlines()]
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        lines[start:end] = [*text.rstrip("\n").splitlines(), ""]
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")

@@ -60,7 +60,9 @@ class TargetConfig:
     return_encoding: Literal["twohot", "gaussian", "scalar"] = "twohot"
     return_bins: int = 601
     return_sigma: float = 0.75  # gaussian return encoding: sigma in bins
-    bin_range: tuple[float, ...] = ()  # [lo, hi] bin centres (log1p score / h(return)); [] = train range
+    bin_range: tuple[
+        float, ...
+    ] = ()  # [lo, hi] bin centres (log1p score / h(return)); [] = train range
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,8 @@ def read_toml(path: str | os.PathLike) -> dict:
         raise VhError("config file not found", path=path) from None
     except tomllib.TOMLDecodeError as e:
         raise VhError(f"not valid TOML ({e})", path=path) from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib lets this one through
+        raise VhError(f"not valid TOML (not UTF-8 at byte {e.start})", path=path) from None
 
 
 def builtin_config(name: str) -> str:
@@ -288,8 +292,11 @@ def builtin_config(name: str) -> str:
     return str(ref)
 
 
-def load_config(paths: typing.Sequence[str | os.PathLike] = (), sets: typing.Sequence[str] = (),
-                base: Config | None = None) -> Config:
+def load_config(
+    paths: typing.Sequence[str | os.PathLike] = (),
+    sets: typing.Sequence[str] = (),
+    base: Config | None = None,
+) -> Config:
     """Resolve a :class:`Config` from defaults, TOML files (in order) and ``--set`` overrides."""
     cfg = base if base is not None else Config()
     for p in paths:

@@ -19,8 +19,14 @@ class VhError(Exception):
         code: the process exit code the CLI uses (2 = bad input, 3 = refused state).
     """
 
-    def __init__(self, message: str, *, path: str | os.PathLike | None = None,
-                 field: str | None = None, code: int = 2):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike | None = None,
+        field: str | None = None,
+        code: int = 2,
+    ):
         self.message = message
         self.path = None if path is None else os.fspath(path)
         self.field = field

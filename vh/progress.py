@@ -8,7 +8,9 @@ import time
 
 def _fmt_secs(s: float) -> str:
     s = int(max(s, 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    return (
+        f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
 
 
 class Progress:
@@ -22,8 +24,15 @@ class Progress:
         stream: where lines go (stderr by default; ``None`` silences).
     """
 
-    def __init__(self, total: int, label: str, unit: str = "rows", every: float = 1.0,
-                 stream=sys.stderr, done: int = 0):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        unit: str = "rows",
+        every: float = 1.0,
+        stream=sys.stderr,
+        done: int = 0,
+    ):
         self.total, self.label, self.unit, self.every = total, label, unit, every
         self.stream = stream
         self.done = done
@@ -46,7 +55,9 @@ class Progress:
             pct = 100.0 * self.done / self.total
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             eta_s = _fmt_secs(eta) if eta != float("inf") else "?"
-            msg += f"/{self.total:,} {self.unit} ({pct:5.1f}%) {rate:,.0f} {self.unit}/s ETA {eta_s}"
+            msg += (
+                f"/{self.total:,} {self.unit} ({pct:5.1f}%) {rate:,.0f} {self.unit}/s ETA {eta_s}"
+            )
         else:
             msg += f" {self.unit} {rate:,.0f} {self.unit}/s"
         if extra:

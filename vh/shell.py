@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -20,9 +21,23 @@ class VhGroup(click.Group):
         except VhError as e:
             click.echo(f"error: {e.line()}", err=True)
             sys.exit(e.code)
+        except click.UsageError as e:  # a bad option of a subcommand: one line too, with its help
+            where = e.ctx.command_path if e.ctx else "vh"
+            text = " ".join(e.format_message().split())
+            click.echo(f"error: {where}: {text} (see {where} --help)", err=True)
+            sys.exit(e.exit_code)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT,
-                           errno.EDQUOT, errno.EISDIR, errno.ENOTDIR):
+            if e.errno in (
+                errno.ENOSPC,
+                errno.EACCES,
+                errno.EROFS,
+                errno.EPERM,
+                errno.ENOENT,
+                errno.EDQUOT,
+                errno.EISDIR,
+                errno.ENOTDIR,
+                errno.EEXIST,
+            ):
                 where = f"{e.filename}: " if e.filename else ""
                 click.echo(f"error: {where}{e.strerror}", err=True)
                 sys.exit(2)
@@ -58,10 +73,20 @@ def trunk() -> None:
 def config_options(fn):
     """Add ``--config FILE`` (repeatable) and ``--set section.key=value`` (repeatable)."""
 
-    @click.option("--config", "configs", multiple=True, type=click.Path(dir_okay=False),
-                  help="TOML config file (repeatable; later files win).")
-    @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-                  help="Override one config value (repeatable), e.g. --set fit.train.lr=1e-3.")
+    @click.option(
+        "--config",
+        "configs",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="TOML config file (repeatable; later files win).",
+    )
+    @click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one config value (repeatable), e.g. --set fit.train.lr=1e-3.",
+    )
     @functools.wraps(fn)
     def wrapper(*args, configs=(), sets=(), **kwargs):
         from vh.config import load_config
@@ -75,3 +100,21 @@ def config_options(fn):
 def done(message: str) -> None:
     """The closing line of a command: what it wrote where."""
     click.echo(message)
+
+
+def replace_md_section(path: Path, name: str, text: str) -> None:
+    """Replace (or append) the ``## name`` section of a markdown file (BENCHMARKS.md), keeping
+    the other sections: each ``vh bench`` command owns one section."""
+    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks", ""]
+    head = f"## {name}"
+    start = next((i for i, line in enumerate(lines) if line.strip() == head), None)
+    if start is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *text.rstrip("\n").splitlines()]
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        lines[start:end] = [*text.rstrip("\n").splitlines(), ""]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
