@@ -8,26 +8,6 @@ from vh.errors import VhError
 from vh.shell import bench, config_options, done, main
 
 
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed memory instead of handing it back to the OS.
-
-    Scoring makes many short-lived arrays of hundreds of MB; touching fresh pages is slow on
-    these VMs (MEASUREMENTS.md), and with these settings `vh bench eval` spends 4 s instead of
-    16 s in the kernel. The same as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2G
-    MALLOC_TOP_PAD_=1G in the environment; a no-op without glibc.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # mallopt parameters (malloc.h)
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    libc.mallopt(m_top_pad, 2**30)
-
-
 def _closing(report_dir: str, metrics: dict) -> str:
     winner = metrics.get("winner") or "no clear winner"
     return (
@@ -55,7 +35,6 @@ def eval_cmd(run_dirs: tuple[str, ...], out: str | None, rebuild: str | None, cf
     from vh.eval.report import build_report
     from vh.eval.run import evaluate
 
-    _keep_freed_memory()
     if rebuild is not None:
         if run_dirs or out:
             raise VhError("--rebuild takes neither RUN_DIR nor --out", field="--rebuild")
@@ -85,7 +64,6 @@ def bench_eval(rows: int, runs: int, heads: int, out: str | None, cfg) -> None:
 
     from vh.eval.run import benchmark
 
-    _keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         r = benchmark(n_rows=rows, n_runs=runs, n_heads=heads, cfg=cfg.eval, out=out or tmp)
     click.echo(
