@@ -22,7 +22,6 @@ import datetime
 import json
 import re
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +33,11 @@ from vh.config import EvalConfig, to_dict
 from vh.errors import VhError
 from vh.eval import metrics as M
 from vh.eval.report import Predictions, build_report, save_predictions, score_all, write_report
-from vh.progress import Progress
+from vh.progress import Progress, say
 
 # Files of a run dir the report cites (members/* are globbed); all small.
 RUN_FILES = ("config.json", "summary.json", "sampling_manifest.csv")
 KEY = np.dtype([("run", "<i8"), ("step", "<i8")])
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- opening runs
@@ -323,7 +318,7 @@ def copy_run_files(run_dir: Path, dest: Path) -> None:
 # --------------------------------------------------------------------------- the driver
 
 
-def evaluate(run_dirs: Sequence[str | Path], out: str | Path, cfg: EvalConfig, log=_stderr) -> dict:
+def evaluate(run_dirs: Sequence[str | Path], out: str | Path, cfg: EvalConfig, log=say) -> dict:
     """Predict every run's best head on the common test states and build the report.
 
     Args:
@@ -471,7 +466,7 @@ def planted(
 
 
 def benchmark(
-    *, n_rows: int, n_runs: int, n_heads: int, cfg: EvalConfig, out: Path, log=_stderr
+    *, n_rows: int, n_runs: int, n_heads: int, cfg: EvalConfig, out: Path, log=say
 ) -> dict:
     """Time the scoring (every metric, the bootstrap, the verdict) and the report pages.
 

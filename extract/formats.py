@@ -26,20 +26,7 @@ PACKED_46 = np.dtype(
     ]
 )
 # the same without board_eval: 42 bytes
-PACKED_42 = np.dtype(
-    [
-        ("run_id", "<u4"),
-        ("step_index", "<u4"),
-        ("board", "<u8"),
-        ("tile_65536_mask", "<u2"),
-        ("move_dir", "u1"),
-        ("valuation_type", "u1"),
-        ("ev_legal", "u1"),
-        ("max_rank", "u1"),
-        ("seed", "<u4"),
-        ("branch_evs", "<f4", (4,)),
-    ]
-)
+PACKED_42 = np.dtype([f for f in PACKED_46.descr if f[0] != "board_eval"])
 # a C-aligned writer of the 46-byte record pads it to 48 bytes
 PACKED_48_ALIGNED = np.dtype(PACKED_46.descr, align=True)
 

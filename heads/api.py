@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +51,9 @@ from vh.heads.train import (
     make_mesh,
     train,
 )
+from vh.progress import say
 
 __all__ = ["RunHead", "TargetSpec", "fit", "load_run"]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- fit: helpers
@@ -212,7 +208,7 @@ def _write_sampling(out: Path, run_ids, split, rows: dict, manifest: str, seed: 
 
 
 def fit(
-    cfg: FitConfig, cache, out, *, grid: dict | None = None, resume: bool | None = None, log=_stderr
+    cfg: FitConfig, cache, out, *, grid: dict | None = None, resume: bool | None = None, log=say
 ) -> dict:
     """Fit a head (or a grid of heads) on an embedding cache; write the run dir.
 

@@ -17,7 +17,6 @@ runs) and says so.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from vh.config import Config, builtin_config, load_config
 from vh.errors import VhError
+from vh.progress import say
 
 # the comparisons the demo fits: run name -> (target kind, arch, cache)
 STUDY = {
@@ -40,10 +40,6 @@ STUDY = {
 # the demo's random trunk: the 32-wide preset embeds ~270k states in well under a minute on two
 # CPU cores, where the 128-wide one needs several (the demo's budget is 5 minutes in all)
 DEMO_PRESET = "tiny"
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def demo_config(sets=()) -> Config:
@@ -77,12 +73,12 @@ def pick_thresholds(highest_tile: np.ndarray, lo: float = 0.03, hi: float = 0.97
 
 def _stage(name: str, done_marker: Path, fn, *args) -> None:
     if done_marker.exists():
-        _say(f"demo: {name}: already done, reusing {done_marker.parent}")
+        say(f"demo: {name}: already done, reusing {done_marker.parent}")
         return
     t = time.perf_counter()
-    _say(f"demo: {name} ...")
+    say(f"demo: {name} ...")
     fn(*args)
-    _say(f"demo: {name}: done in {time.perf_counter() - t:.1f} s")
+    say(f"demo: {name}: done in {time.perf_counter() - t:.1f} s")
 
 
 def run_demo(out, cfg: Config, *, init=None) -> dict:
@@ -120,14 +116,14 @@ def run_demo(out, cfg: Config, *, init=None) -> dict:
     # ---- 3. caches (run_extract resumes, and says so on a finished cache)
     onehot = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, trunk="onehot"))
     for name, c, trunk in (("cache-trunk", cfg, init), ("cache-onehot", onehot, None)):
-        _say(f"demo: extract {name} ...")
+        say(f"demo: extract {name} ...")
         if run_extract(dataset, trunk, out / name, c).already_complete:
-            _say(f"demo: extract {name}: already done, reusing {out / name}")
+            say(f"demo: extract {name}: already done, reusing {out / name}")
 
     # ---- 4. heads: thresholds that split the runs actually played
     reader = open_cache(out / "cache-trunk")
     thresholds = pick_thresholds(np.asarray(reader.runs["highest_tile"]))
-    _say(
+    say(
         f"demo: milestone thresholds chosen from the synthetic games: {list(thresholds)} "
         f"(real 2048 data would use 1024..32768)"
     )
@@ -141,7 +137,7 @@ def run_demo(out, cfg: Config, *, init=None) -> dict:
         run_dirs.append(run_dir)
 
     # ---- 5. report
-    _say("demo: eval ...")
+    say("demo: eval ...")
     metrics = evaluate(run_dirs, out / "report", cfg.eval)
-    _say(f"demo: finished in {time.perf_counter() - t0:.0f} s")
+    say(f"demo: finished in {time.perf_counter() - t0:.0f} s")
     return metrics

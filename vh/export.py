@@ -158,7 +158,7 @@ def export_head(
         if not k.startswith("value_")
     }
     state.update({k: torch.from_numpy(v) for k, v in tensors.items()})
-    config = {k: v for k, v in lt.config_dict.items()}
+    config = dict(lt.config_dict)
     config["value_head"] = block
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -70,3 +70,8 @@ class Progress:
         if self.stream is not None:
             self._emit(now, extra)
         return now - self.t0
+
+
+def say(line: str) -> None:
+    """Print one progress or notice line on stderr (the default ``log`` of the phases)."""
+    print(line, file=sys.stderr, flush=True)
