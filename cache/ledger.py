@@ -8,74 +8,33 @@ record is not done, whatever the arrays hold. Leftover temp files (ours: ``*.tmp
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from vh import durable
 from vh.cache import schema
-from vh.errors import VhError
 
 TMP_SUFFIXES = (".tmp", ".partial")
-FAILPOINT_ENV = "VH_FAILPOINT"
-_hits: Counter = Counter()
 
-
-def failpoint(name: str) -> None:
-    """Crash-test hook: SIGKILL this process at the k-th pass through point ``name``.
-
-    Set ``VH_FAILPOINT=name:k`` (tests/test_extract_kill.py does) to die exactly there, as a
-    kill -9 or a power cut would: no cleanup, no flush. Unset, this is one dict lookup.
-    """
-    spec = os.environ.get(FAILPOINT_ENV)
-    if not spec:
-        return
-    point, _, k = spec.rpartition(":")
-    if point == name:
-        _hits[name] += 1
-        if _hits[name] == int(k):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file's data, or a folder's entries (a rename, a new file), to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: str | os.PathLike) -> None:
-    """Flush every file and folder under ``root`` (zarr's metadata and column chunks)."""
-    for folder, _dirs, files in os.walk(root):
-        for f in files:
-            fsync_path(Path(folder, f))
-        fsync_path(folder)
+# the durable-io primitives the cache code calls through this module (one implementation)
+FAILPOINT_ENV = durable.FAILPOINT_ENV
+failpoint = durable.kill_point  # VH_FAILPOINT=name:k SIGKILLs there (tests/test_extract_kill.py)
+fsync_path = durable.fsync_path
+fsync_tree = durable.fsync_tree
 
 
 def atomic_write_json(path: str | os.PathLike, obj: dict) -> None:
     """Write ``obj`` as JSON to ``path`` so that readers see either nothing or all of it.
 
+    Kill points ``record:tmp`` and ``record:done`` (tests/test_extract_kill.py).
+
     Args:
         path: destination file; its folder must exist.
         obj: a JSON-able mapping.
     """
-    path = Path(path)
-    # pid in the temp name: two writers of different records never share a temp file
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(obj, sort_keys=True, indent=1).encode()
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    failpoint("record:tmp")
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-    failpoint("record:done")
+    durable.atomic_write_json(path, obj, sort_keys=True, point="record")
 
 
 def ledger_dir(cache: str | os.PathLike) -> Path:
@@ -90,28 +49,13 @@ def write_record(cache: str | os.PathLike, name: str, record: dict) -> None:
 
 
 def read_record(cache: str | os.PathLike, name: str) -> dict | None:
-    """Ledger record ``name``, or None when absent or not valid JSON (= not done)."""
-    p = ledger_dir(cache) / f"{name}.json"
-    try:
-        with open(p, "rb") as f:
-            rec = json.loads(f.read())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return rec if isinstance(rec, dict) else None
+    """Ledger record ``name``, or None when absent or not a valid JSON object (= not done)."""
+    return durable.try_read_json(ledger_dir(cache) / f"{name}.json")
 
 
 def read_json(path: str | os.PathLike, *, what: str) -> dict:
     """Read a JSON object the cache needs, raising VhError naming the file when it is bad."""
-    try:
-        with open(path, "rb") as f:
-            obj = json.loads(f.read())
-    except FileNotFoundError:
-        raise VhError(f"{what} not found", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VhError(f"{what} is not valid JSON ({e})", path=path) from None
-    if not isinstance(obj, dict):
-        raise VhError(f"{what} is not a JSON object", path=path)
-    return obj
+    return durable.read_json(path, what)
 
 
 def unit_is_done(rec: dict | None, unit: int, start: int, stop: int, digest: str) -> bool:

@@ -6,23 +6,31 @@
     c.n, c.d, c.dtype, c.attrs, c.fingerprint
     c.column("max_exp"); c.runs["highest_tile"]; c.runs_db()      # phase 2 labels and splits
     c.read_rows(0, 65536, out=buf); c.take(idx); c.iter_blocks()  # embeddings
+    c.read_chunk(j, out=buf)                                       # one whole chunk, fast
 
 A cache without its completion marker is refused unless ``allow_incomplete``; then only the
 units in the ledger are real (``done_units()``), the rest read as NaN. emb reads go through
 zarr into preallocated buffers, whole chunks at a time (a fresh buffer costs page faults that
-make a read several times slower, MEASUREMENTS.md).
+make a read several times slower, MEASUREMENTS.md). :meth:`CacheReader.read_chunk` reads one
+chunk file straight into the caller's buffer (one ``readinto``, the CRC32C checked on that
+buffer, no intermediate bytes object) when the array has this schema's layout (raw bytes plus
+crc32c, ``/``-separated chunk keys, a local folder), else through zarr; it is what the
+streamed fit's reader threads call, several chunks in flight.
 
 Axes: N = rows, D = embedding width, R = runs, C = rows per chunk.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.core.buffer import cpu
@@ -115,6 +123,7 @@ class CacheReader:
                 field=schema.EMB,
             )
         self.chunk_rows = int(self._emb.chunks[0])
+        self._direct = _direct_layout(self.path / schema.EMB, self.chunk_rows, self.d)
         self._local = threading.local()  # per-thread scratch chunks for take()
         self._runs: dict[str, np.ndarray] | None = None
 
@@ -238,6 +247,53 @@ class CacheReader:
         out = self._out(stop - start, out)
         return self._read_into(start, stop, out) if stop > start else out
 
+    @property
+    def n_chunks(self) -> int:
+        """Chunks of emb (the last one may hold fewer than ``chunk_rows`` rows)."""
+        return -(-self.n // self.chunk_rows)
+
+    def read_chunk(self, j: int, out: np.ndarray) -> np.ndarray:
+        """The rows of emb chunk ``j``, read whole into ``out``; thread-safe.
+
+        Args:
+            j: chunk index in ``[0, n_chunks)``.
+            out: preallocated C-contiguous ``(chunk_rows, D)`` array of the emb dtype (room
+                for a whole chunk, also for the shorter last one; reused by the caller).
+
+        Returns:
+            ``out[:rows]``, the chunk's rows. A chunk never written reads as NaN (the fill
+            value, as through zarr); a damaged one raises VhError naming its rows.
+        """
+        if not 0 <= j < self.n_chunks:
+            raise VhError(f"chunk {j} outside 0:{self.n_chunks}", path=self.path, field=schema.EMB)
+        out = self._out(self.chunk_rows, out)
+        start = j * self.chunk_rows
+        stop = min(start + self.chunk_rows, self.n)
+        if not self._direct:
+            return self._read_into(start, stop, out[: stop - start])
+        try:
+            f = open(self.path / schema.EMB / "c" / str(j) / "0", "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:  # never written: zarr's fill value
+            out[: stop - start] = np.nan
+            return out[: stop - start]
+        with f:
+            got = _read_full(f, memoryview(out).cast("B"))
+            tail = f.read(8)  # the 4 checksum bytes, and proof that nothing follows
+        if got != out.nbytes or len(tail) != 4:
+            raise VhError(
+                f"cannot read rows {start}:{stop} (chunk file has {got + len(tail)} bytes, "
+                f"expected {out.nbytes + 4})",
+                path=self.path,
+                field=schema.EMB,
+            )
+        if google_crc32c.value(out) != struct.unpack("<I", tail)[0]:
+            raise VhError(
+                f"cannot read rows {start}:{stop} (crc32c checksum mismatch)",
+                path=self.path,
+                field=schema.EMB,
+            )
+        return out[: stop - start]
+
     def _scratch(self) -> np.ndarray:
         buf = getattr(self._local, "scratch", None)
         if buf is None:
@@ -295,6 +351,36 @@ class CacheReader:
             stop = min(start + per, self.n)
             out = buf[: stop - start] if reuse else None
             yield start, stop, self.read_rows(start, stop, out=out)
+
+
+def _direct_layout(emb: Path, chunk_rows: int, d: int) -> bool:
+    """Whether emb's chunk files can be read directly: this schema's codecs (little-endian raw
+    bytes, then a crc32c), default ``/`` chunk keys, whole-width chunks, a local folder."""
+    try:
+        meta = json.loads((emb / "zarr.json").read_text())
+        codecs = [(c.get("name"), c.get("configuration", {})) for c in meta["codecs"]]
+        key = meta["chunk_key_encoding"]
+        shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # zarr reads (and refuses) what this does not recognise
+    return (
+        codecs == [("bytes", {"endian": "little"}), ("crc32c", {})]
+        and key.get("name") == "default"
+        and key.get("configuration", {}).get("separator") == "/"
+        and shape == [chunk_rows, d]
+        and not meta.get("storage_transformers")
+    )
+
+
+def _read_full(f, view: memoryview) -> int:
+    """``readinto`` until ``view`` is full or the file ends; returns the bytes read."""
+    got = 0
+    while got < len(view):
+        k = f.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    return got
 
 
 def _chunk_runs(chunks: np.ndarray, max_len: int) -> Iterator[tuple[int, int]]:

@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 import vh
+from vh import durable
 from vh.cache import fingerprint as fpmod
 from vh.cache import ledger, schema
 from vh.errors import VhError
@@ -40,24 +41,53 @@ _CACHE_ENTRIES = (
 )
 
 
-def clear_cache_dir(path: str | os.PathLike) -> None:
-    """Remove a cache's contents (not its lock), also a half-created or half-removed one.
+def _legacy_cache(path: Path) -> bool:
+    """A cache of a vh before ownership markers: its root zarr.json carries vh's attributes."""
+    rec = durable.try_read_json(path / "zarr.json")
+    attrs = rec.get("attributes") if rec else None
+    return isinstance(attrs, dict) and "vh_version" in attrs and "fingerprint" in attrs
 
-    Refuses a folder holding anything a cache does not (the user's files are never deleted).
+
+def check_owned_cache(path: str | os.PathLike) -> None:
+    """Refuse to clear a folder that is not a cache vh made, or that holds any other file.
+
+    A cache made before ownership markers is accepted when its zarr.json is vh's; one killed
+    before its zarr.json existed is refused (delete it yourself).
+    """
+    durable.check_owned(
+        path,
+        "cache",
+        files=(*_CACHE_ENTRIES, schema.LOCK, *(f"*{x}" for x in ledger.TMP_SUFFIXES)),
+        legacy=_legacy_cache,
+        scratch=(schema.LOCK,),
+    )
+
+
+def check_destination(
+    path: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *, overwrite: bool
+) -> None:
+    """What ``vh extract`` checks before it takes the lock or creates anything at ``path``.
+
+    Refuses a cache folder that is an input or holds one (``inputs``: role -> path), and, when
+    its contents would be deleted (``overwrite``, or an unfinished creation), one vh did not
+    make as a cache.
+    """
+    durable.check_not_input(path, inputs)
+    if overwrite or not is_initialised(path):
+        check_owned_cache(path)
+
+
+def clear_cache_dir(path: str | os.PathLike) -> None:
+    """Remove a cache's contents (not its lock or marker), also a half-created one.
+
+    Refuses a folder vh did not make as a cache, or holding anything a cache does not (the
+    user's files are never deleted).
     """
     p = Path(path)
+    check_owned_cache(p)
     if not p.exists():
         return
-    ours = {*_CACHE_ENTRIES, schema.LOCK}
-    foreign = sorted(
-        e for e in os.listdir(p) if e not in ours and not e.endswith(ledger.TMP_SUFFIXES)
-    )
-    if foreign:
-        raise VhError(
-            f"exists and is not a vh cache (it holds {foreign[0]!r}); refusing to delete it",
-            path=p,
-            code=3,
-        )
+    durable.claim(p, "cache")  # first: a removal cut short leaves a folder still known as ours
     for name in _CACHE_ENTRIES:
         q = p / name
         if q.is_dir():
@@ -110,7 +140,7 @@ def init_cache(
     if chunk_rows <= 0:
         raise VhError("must be positive", field="chunk_rows")
     clear_cache_dir(path)
-    Path(path).mkdir(parents=True, exist_ok=True)
+    durable.claim(path, "cache")  # first: a creation killed from here on is redone, not refused
     attrs = {
         "schema_version": schema.SCHEMA_VERSION,
         "n": n,

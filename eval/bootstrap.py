@@ -18,6 +18,22 @@ Statistics and what their replicates are:
   full-sample difference between the exact and the quantised AUROC (about 1e-6 at the default
   512 levels on planted data). Level counts are integers, kept in float32.
 
+Intervals (:func:`interval`). The plain percentile interval under-covers when runs are few,
+their effects skewed and their lengths unequal (87-90 % for a nominal 95 % at 20 runs on the
+planted data of ``tests/test_bootstrap_coverage.py``; the studentized one 90-93 %). :func:`replicate` therefore returns
+:class:`Replicates`, arrays that remember the statistics they came from, and :func:`interval`
+uses, in this order:
+
+- the *studentized* (bootstrap-t) interval when every statistic has a linearised per-run
+  influence (:class:`Mean`, :class:`Rmse`, :class:`Auroc` and their sums and differences):
+  each replicate is divided by its own standard error ``sqrt(sum_r W[b, r] IF[b, r]^2)``;
+- *BCa* otherwise (:class:`Ece`, :class:`Pearson`, :class:`Spearman`): bias correction from
+  the share of replicates below the point value, acceleration from the jackknife over runs
+  (leave-one-run-out values are exact: the total sums minus one run's columns);
+- the percentile interval for plain arrays (anything that lost its provenance).
+
+Below :data:`MIN_RUNS_FOR_INTERVALS` test runs no method reaches its nominal level reliably.
+
 Axes: n = rows, R = runs, B = replicates, c = sufficient-statistic columns.
 """
 
@@ -26,11 +42,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from vh.eval import metrics as M
 
 # One (R, c) block times W (B, R) is computed at a time; this bounds the block's memory.
 _BLOCK_BYTES = 256 * 2**20
+
+MIN_RUNS_FOR_INTERVALS = 20
+"""Fewest test runs at which the by-run intervals are trusted to cover.
+
+On skewed planted data (exponential run effects, geometric run lengths) the studentized
+interval covers 92-96 % for a nominal 95 % for the mean and a paired difference, and 90-92 %
+for AUROC, from 20 runs up (``tests/test_bootstrap_coverage.py``, 400 test sets per size);
+below 20 runs a run-level bootstrap has too few units to know its tails, so a report should
+call its intervals approximate and not declare winners on them.
+"""
 
 
 # --------------------------------------------------------------------------- runs and draws
@@ -96,6 +123,17 @@ class Stat:
     def finish(self, sums: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def influence(self, sums: np.ndarray) -> np.ndarray | None:
+        """Linearised influence ``IF[b, r]`` of run r on replicate b, from the replicate's
+        weighted sums ``(B, c)``; its variance is ``sum_r W[b, r] IF[b, r]^2``. None when the
+        statistic has none (intervals then use BCa)."""
+        return None
+
+    def jackknife(self) -> np.ndarray:
+        """Leave-one-run-out values ``(R,)``: exact, the total sums minus one run's columns."""
+        total = self.cols.sum(0, keepdims=True, dtype=np.float64)
+        return self.finish(total - self.cols.astype(np.float64))
+
 
 class Mean(Stat):
     """Weighted mean of per-row values (NLL, Brier, accuracy, absolute error …)."""
@@ -108,6 +146,11 @@ class Mean(Stat):
     def finish(self, sums: np.ndarray) -> np.ndarray:
         return _ratio(sums[:, 0], sums[:, 1])
 
+    def influence(self, sums: np.ndarray) -> np.ndarray:
+        """Ratio estimator: ``(s_r - mean_b n_r) / N_b`` (s_r, n_r: run r's sum and rows)."""
+        mean = _ratio(sums[:, 0], sums[:, 1])[:, None]  # (B, 1)
+        return (self.cols[None, :, 0] - mean * self.cols[None, :, 1]) / sums[:, 1:2]
+
 
 class Rmse(Mean):
     """Root of the weighted mean of squared errors."""
@@ -118,6 +161,11 @@ class Rmse(Mean):
 
     def finish(self, sums: np.ndarray) -> np.ndarray:
         return np.sqrt(super().finish(sums))
+
+    def influence(self, sums: np.ndarray) -> np.ndarray:
+        """Chain rule through the square root."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return super().influence(sums) / (2.0 * self.finish(sums)[:, None])
 
 
 class Ece(Stat):
@@ -166,6 +214,21 @@ class Auroc(Stat):
 
     def finish(self, sums: np.ndarray) -> np.ndarray:
         return self._binned(sums) + self.offset
+
+    def influence(self, sums: np.ndarray) -> np.ndarray:
+        """Clustered AUROC (DeLong placements summed per run): run r contributes
+        ``sum_{i in pos_r} (F(i) - A) / P + sum_{j in neg_r} (G(j) - A) / N``, F the share of
+        negatives below a positive, G the share of positives above a negative (ties 1/2)."""
+        sums = sums.astype(np.float64)
+        pos, neg = sums[:, : self.nb], sums[:, self.nb :]  # (B, nb) each
+        n_pos, n_neg = pos.sum(1, keepdims=True), neg.sum(1, keepdims=True)
+        a = self._binned(sums)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = (np.cumsum(neg, axis=1) - 0.5 * neg) / n_neg - a  # (B, nb)
+            g = (n_pos - np.cumsum(pos, axis=1) + 0.5 * pos) / n_pos - a
+            run_pos = self.cols[:, : self.nb].astype(np.float64)  # (R, nb)
+            run_neg = self.cols[:, self.nb :].astype(np.float64)
+            return (f @ run_pos.T) / n_pos + (g @ run_neg.T) / n_neg  # (B, R)
 
 
 class Pearson(Stat):
@@ -231,7 +294,76 @@ def _blocks(stats: dict[str, Stat], n_runs: int):
         yield block
 
 
-def replicate(stats: dict[str, Stat], weights: np.ndarray) -> dict[str, np.ndarray]:
+class Replicates(np.ndarray):
+    """``(B,)`` replicate values that remember their provenance: ``terms``, a tuple of
+    ``(coefficient, Stat)``, and the ``weights`` ``(B, R)`` that made them.
+
+    Sums, differences, negation and scaling by a number keep the provenance (a paired
+    difference ``a - b`` is the statistic ``1 a + (-1) b`` under the same resamples); any other
+    operation, a slice or a reduction gives a plain array, whose interval is the percentile one.
+    """
+
+    terms: tuple | None = None
+    weights: np.ndarray | None = None
+    point: float = float("nan")  # the full-sample value, by the same arithmetic as the values
+
+    def __array_finalize__(self, obj) -> None:
+        # views and slices lose the provenance: they no longer line up with the weights
+        self.terms = None
+        self.weights = None
+        self.point = float("nan")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [np.asarray(x) if isinstance(x, Replicates) else x for x in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(np.asarray(o) for o in kwargs["out"])
+        out = getattr(ufunc, method)(*plain, **kwargs)
+        terms = _combine(ufunc, inputs) if method == "__call__" and "out" not in kwargs else None
+        if terms is None or not isinstance(out, np.ndarray):
+            return out
+        # the point value by the same operations in the same order as the replicates, so
+        # that e.g. two identical heads give exactly 0 for both
+        point = ufunc(*[x.point if isinstance(x, Replicates) else x for x in inputs])
+        return _wrap(out, terms, _weights_of(inputs), float(point))
+
+
+def _weights_of(inputs) -> np.ndarray:
+    return next(x.weights for x in inputs if isinstance(x, Replicates) and x.terms)
+
+
+def _wrap(values: np.ndarray, terms: tuple, weights: np.ndarray, point: float) -> Replicates:
+    out = np.asarray(values).view(Replicates)
+    out.terms, out.weights, out.point = terms, weights, point
+    return out
+
+
+def _scaled(terms: tuple, c: float) -> tuple:
+    return tuple((c * k, stat) for k, stat in terms)
+
+
+def _combine(ufunc, inputs) -> tuple | None:
+    """Terms of ``ufunc(*inputs)`` when it is linear in tracked replicates, else None."""
+    tracked = [isinstance(x, Replicates) and x.terms is not None for x in inputs]
+    scalar = [np.ndim(x) == 0 and not isinstance(x, np.ndarray | Replicates) for x in inputs]
+    if ufunc is np.negative and tracked == [True]:
+        return _scaled(inputs[0].terms, -1.0)
+    if len(inputs) != 2:
+        return None
+    a, b = inputs
+    if ufunc in (np.add, np.subtract) and all(tracked):
+        if a.weights is not b.weights and not np.array_equal(a.weights, b.weights):
+            return None  # different resamples: not a paired statistic
+        return a.terms + _scaled(b.terms, 1.0 if ufunc is np.add else -1.0)
+    if ufunc is np.multiply and tracked[0] and scalar[1]:
+        return _scaled(a.terms, float(b))
+    if ufunc is np.multiply and scalar[0] and tracked[1]:
+        return _scaled(b.terms, float(a))
+    if ufunc is np.true_divide and tracked[0] and scalar[1]:
+        return _scaled(a.terms, 1.0 / float(b))
+    return None
+
+
+def replicate(stats: dict[str, Stat], weights: np.ndarray) -> dict[str, Replicates]:
     """Replicates of every statistic under the same resamples.
 
     Columns of several statistics are stacked into blocks and each block is one product
@@ -243,9 +375,10 @@ def replicate(stats: dict[str, Stat], weights: np.ndarray) -> dict[str, np.ndarr
         weights: ``(B, R)`` run multiplicities from :func:`draw_weights`.
 
     Returns:
-        name -> ``(B,)`` replicate values (NaN where undefined, e.g. one class only).
+        name -> ``(B,)`` replicate values (NaN where undefined, e.g. one class only), as
+        :class:`Replicates` so that :func:`interval` can studentize them.
     """
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Replicates] = {}
     w32 = None
     for block in _blocks(stats, weights.shape[1]):
         if stats[block[0]].cols.dtype == np.float32:
@@ -257,18 +390,99 @@ def replicate(stats: dict[str, Stat], weights: np.ndarray) -> dict[str, np.ndarr
         start = 0
         for k in block:
             c = stats[k].cols.shape[1]
-            out[k] = stats[k].finish(sums[:, start : start + c])
+            reps = stats[k].finish(sums[:, start : start + c])
+            out[k] = _wrap(reps, ((1.0, stats[k]),), weights, float(stats[k].point))
             start += c
     return out
 
 
+def average(reps: list[np.ndarray]) -> np.ndarray:
+    """Element-wise mean of replicate arrays, keeping their provenance (a composite figure)."""
+    total = reps[0]
+    for r in reps[1:]:
+        total = total + r
+    return total / len(reps)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
 def interval(reps: np.ndarray, ci: float = 0.95) -> tuple[float, float]:
+    """The by-run interval of a figure from its replicates (NaN, NaN when none is finite).
+
+    Studentized when ``reps`` are :class:`Replicates` whose statistics all have influences,
+    BCa when they are :class:`Replicates` otherwise, the percentile interval for plain arrays
+    (see the module docstring)."""
+    terms = getattr(reps, "terms", None)
+    if terms:
+        weights, point = reps.weights, reps.point
+        if np.isfinite(point):
+            infl = _influence(terms, weights)
+            if infl is not None:
+                out = _studentized(np.asarray(reps), point, infl, weights, ci)
+            else:
+                jack = sum(k * stat.jackknife() for k, stat in terms)
+                out = _bca(np.asarray(reps), point, jack, ci)
+            if all(np.isfinite(out)):
+                return out
+    return percentile(reps, ci)
+
+
+def percentile(reps: np.ndarray, ci: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the finite replicates (NaN, NaN when none is finite)."""
     r = np.asarray(reps, dtype=np.float64)
     r = r[np.isfinite(r)]
     if r.size == 0:
         return float("nan"), float("nan")
     lo, hi = np.quantile(r, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0])
+    return float(lo), float(hi)
+
+
+def _influence(terms: tuple, weights: np.ndarray) -> np.ndarray | None:
+    """``IF[b, r]`` of the linear combination (None when a statistic has no influence);
+    row 0 is the full sample (all weights one), rows 1.. the replicates."""
+    ones = np.ones((1, weights.shape[1]))
+    w = np.concatenate([ones, weights])
+    total = None
+    for k, stat in terms:
+        cols = stat.cols.astype(np.float64)
+        infl = stat.influence(w @ cols)
+        if infl is None:
+            return None
+        total = k * infl if total is None else total + k * infl
+    return total
+
+
+def _studentized(
+    reps: np.ndarray, point: float, infl: np.ndarray, weights: np.ndarray, ci: float
+) -> tuple[float, float]:
+    """Bootstrap-t: quantiles of ``(theta_b - theta) / se_b`` scaled by the sample's se."""
+    se = np.sqrt((infl[0] ** 2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se_b = np.sqrt((weights * infl[1:] ** 2).sum(1))
+        t = (reps - point) / se_b
+    t = t[np.isfinite(t)]
+    if t.size == 0 or not se > 0:
+        return float("nan"), float("nan")
+    t_lo, t_hi = np.quantile(t, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0])
+    return float(point - t_hi * se), float(point - t_lo * se)
+
+
+def _bca(reps: np.ndarray, point: float, jack: np.ndarray, ci: float) -> tuple[float, float]:
+    """Bias-corrected and accelerated percentile interval (Efron 1987); the acceleration is
+    the skewness of the jackknife over runs."""
+    r = reps[np.isfinite(reps)]
+    jack = jack[np.isfinite(jack)]
+    if r.size == 0 or jack.size < 2:
+        return float("nan"), float("nan")
+    below = (np.sum(r < point) + 0.5 * np.sum(r == point)) / r.size
+    z0 = special.ndtri(np.clip(below, 1.0 / (r.size + 1), r.size / (r.size + 1.0)))
+    d = jack.mean() - jack
+    scale = 6.0 * float((d * d).sum()) ** 1.5
+    acc = float((d**3).sum()) / scale if scale > 0 else 0.0
+    z = special.ndtri(np.array([(1.0 - ci) / 2.0, (1.0 + ci) / 2.0]))
+    alpha = special.ndtr(z0 + (z0 + z) / (1.0 - acc * (z0 + z)))
+    lo, hi = np.quantile(r, alpha)
     return float(lo), float(hi)
 
 

@@ -1,16 +1,27 @@
 """PNG plots of the eval report (matplotlib, object API on the Agg canvas: no pyplot state).
 
-Every function takes plain arrays and a path, writes one PNG and returns the path.
+Every drawing function takes plain arrays and a path, writes one PNG and returns the path;
+:func:`draw_plots` draws all of a report's plots from the heads' scores.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from vh.eval import bootstrap as B
+from vh.eval.formatting import head_label, label_of
+from vh.heads import targets
+
+if TYPE_CHECKING:
+    from vh.eval.inputs import RunFiles
+    from vh.eval.scoring import HeadScore
 
 DPI = 90
 # Curves with more points than this are decimated before drawing (5M-point lines are slow
@@ -193,3 +204,212 @@ def trajectories(
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def outcome_bias(
+    path: str | os.PathLike,
+    title: str,
+    outcomes: Sequence[str],
+    thresholds: Sequence[int],
+    bias: Sequence[Sequence[float | None]],
+) -> str:
+    """Predicted minus actual ``P(>= T)`` by final outcome: one bar per threshold.
+
+    Args:
+        outcomes: the final highest-tile buckets (x axis).
+        thresholds: the thresholds (one bar colour each).
+        bias: ``[outcome][threshold]`` differences (None: an empty bucket).
+    """
+    fig, (ax,) = _figure(1, size=(7.5, 3.8), bottom=0.2, left=0.11)
+    fig.subplots_adjust(right=0.8)  # room for the legend on the right
+    width = 0.8 / max(len(thresholds), 1)
+    x = np.arange(len(outcomes))
+    for k, t in enumerate(thresholds):
+        v = np.array([np.nan if row[k] is None else row[k] for row in bias], dtype=np.float64)
+        ax.bar(x + (k - (len(thresholds) - 1) / 2) * width, v, width, label=f">= {t}")
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.set_xticks(x, outcomes, fontsize=8)
+    ax.set(
+        ylim=(-1.05, 1.05),
+        xlabel="final highest tile of the run",
+        ylabel="predicted - actual P(>= T)",
+        title=title,
+    )
+    ax.text(0.01, 0.02, "below 0: under-estimated", transform=ax.transAxes, fontsize=7)
+    ax.text(0.01, 0.93, "above 0: over-estimated", transform=ax.transAxes, fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def pit_histogram(path: str | os.PathLike, title: str, share: np.ndarray, max_dev: float) -> str:
+    """Histogram of the randomised PIT (density: 1 everywhere for a calibrated head)."""
+    fig, (ax,) = _figure(1, size=(5.0, 3.6), left=0.13)
+    share = np.asarray(share, dtype=np.float64)
+    ax.stairs(share * share.size, np.linspace(0.0, 1.0, share.size + 1), fill=True, alpha=0.6)
+    ax.axhline(1.0, color="0.3", lw=1, ls="--", label="uniform")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, max(2.0, float(share.max() * share.size) * 1.1)),
+        xlabel="PIT",
+        ylabel="density",
+        title=f"{title} (largest deviation {max_dev:.2f})",
+    )
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- a report's plots
+
+
+def draw_plots(
+    plot_dir: Path,
+    scores: list[HeadScore],
+    runs: dict[str, RunFiles],
+    ci: float,
+    pools: Sequence[str],
+) -> dict[str, list[tuple[str, str]]]:
+    """Every PNG of a report.
+
+    Args:
+        plot_dir: where the PNGs go (created).
+        scores: every head's score.
+        runs: copied run files by name (training curves).
+        ci: interval level.
+        pools: the pools in report order (cross-run plots are drawn per pool).
+
+    Returns:
+        name -> [(path, caption)]; ``""`` holds the cross-run plots.
+    """
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[tuple[str, str]]] = {"": []}
+    for s in scores:
+        out[s.name] = _head_plots(plot_dir, s, runs.get(s.name))
+    out[""] += _cross_plots(plot_dir, scores, ci, pools)
+    return out
+
+
+def _head_plots(plot_dir: Path, s: HeadScore, rf: RunFiles | None) -> list[tuple[str, str]]:
+    """One head's PNGs as (path, caption): threshold diagnostics, games, training curves."""
+    name, mine = s.name, []
+    if "reliability" in s.plots:
+        mine.append(
+            (
+                reliability(
+                    plot_dir / f"{name}_reliability.png",
+                    f"{name}: reliability (uniform bins)",
+                    s.plots["reliability"],
+                ),
+                "reliability diagrams",
+            )
+        )
+        mine.append(
+            (
+                confusion(
+                    plot_dir / f"{name}_confusion.png",
+                    f"{name}: highest-tile bucket",
+                    np.array(s.figures["confusion"]),
+                    s.figures["bucket_labels"],
+                ),
+                "confusion matrix (rows: true bucket)",
+            )
+        )
+        mine.append(
+            (
+                pr_curves(plot_dir / f"{name}_pr.png", f"{name}: precision-recall", s.plots["pr"]),
+                "precision-recall per threshold",
+            )
+        )
+    mine += _outcome_and_pit(plot_dir, s)
+    if "trajectories" in s.plots:
+        mine.append(
+            (
+                trajectories(
+                    plot_dir / f"{name}_games.png",
+                    f"{name}: predicted vs realised return",
+                    s.plots["trajectories"],
+                ),
+                "test games, step by step",
+            )
+        )
+    if rf is not None and rf.curves:
+        mine.append(
+            (
+                training_curves(plot_dir / f"{name}_curves.png", f"{name}: training", rf.curves),
+                "training curves (metrics.jsonl)",
+            )
+        )
+    return mine
+
+
+def _outcome_and_pit(plot_dir: Path, s: HeadScore) -> list[tuple[str, str]]:
+    """A threshold head's bias by final outcome; a distributional head's PIT histogram."""
+    out = []
+    if s.figures.get("outcome"):
+        table = s.figures["outcome"]
+        out.append(
+            (
+                outcome_bias(
+                    plot_dir / f"{s.name}_outcome.png",
+                    f"{s.name}: by final outcome",
+                    [r["outcome"] for r in table],
+                    [r["threshold"] for r in s.figures["per_threshold"]],
+                    [r["bias"] for r in table],
+                ),
+                "predicted - actual P(>= T) by the run's final highest tile",
+            )
+        )
+    if "pit" in s.plots:
+        out.append(
+            (
+                pit_histogram(plot_dir / f"{s.name}_pit.png", f"{s.name}: PIT", *s.plots["pit"]),
+                "randomised PIT histogram (flat = calibrated)",
+            )
+        )
+    return out
+
+
+def _cross_plots(
+    plot_dir: Path, scores: list[HeadScore], ci: float, pools: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Per pool: the headline figure with intervals, and one figure by slice per family."""
+    out = []
+    for pool in pools:
+        group = [s for s in scores if s.pool == pool]
+        if not group:
+            continue
+        metric = "auroc_top" if "auroc_top" in group[0].headline else group[0].primary
+        if all(metric in s.headline for s in group):
+            lims = [B.interval(s.reps[metric], ci) for s in group]
+            out.append(
+                (
+                    intervals(
+                        plot_dir / f"{pool}_{metric}.png",
+                        f"{pool} heads",
+                        label_of(metric),
+                        [head_label(s) for s in group],
+                        [s.headline[metric] for s in group],
+                        [a for a, _ in lims],
+                        [b for _, b in lims],
+                    ),
+                    f"{label_of(metric)} with intervals",
+                )
+            )
+        # one scale across families: bucket NLL for threshold heads
+        slice_metric = targets.pool(pool).slice_metric
+        for fam in group[0].figures["slices"]:
+            tables = {head_label(s): s.figures["slices"][fam] for s in group}
+            labels = [r["slice"] for r in next(iter(tables.values()))]
+            series = {n: [r.get(slice_metric) for r in t] for n, t in tables.items()}
+            out.append(
+                (
+                    by_slice(
+                        plot_dir / f"{pool}_slices_{fam}.png",
+                        f"{pool} heads by {fam}",
+                        label_of(slice_metric),
+                        labels,
+                        series,
+                    ),
+                    f"{label_of(slice_metric)} by {fam} slice",
+                )
+            )
+    return out

@@ -6,6 +6,10 @@ Three families of slices:
 - ``length``: episode-length tertiles, the edges taken over runs (each run counted once),
   so each tertile holds about a third of the runs, not of the rows.
 - ``tile``: the highest tile on the board at that state, bucketed by the thresholds.
+
+And the outcome table of threshold heads (:func:`outcome_table`): by each run's *final*
+highest-tile bucket, the mean predicted ``P(highest >= T)`` against the actual rate, so a
+reader sees for which outcomes a head under- or over-estimates each milestone.
 """
 
 from __future__ import annotations
@@ -40,16 +44,20 @@ def length_slices(run_id: np.ndarray, run_length: np.ndarray) -> list[tuple[str,
     ]
 
 
-def tile_slices(max_tile: np.ndarray, thresholds: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Highest tile on the board, bucketed: ``< T_1``, ``[T_i, T_{i+1})`` …, ``>= T_K``."""
+def bucket_names(thresholds: np.ndarray) -> list[str]:
+    """Names of the K + 1 tile buckets: ``< T_1``, ``T_i`` (or ``T_i-T_{i+1}/2``), ``>= T_K``."""
     t = [int(x) for x in thresholds]
-    bucket = np.searchsorted(np.asarray(t), max_tile, side="right")
     names = [f"< {t[0]}"]
     names += [
         str(lo) if hi == 2 * lo else f"{lo}-{hi // 2}" for lo, hi in zip(t[:-1], t[1:], strict=True)
     ]
-    names += [f">= {t[-1]}"]
-    return [(f"tile {name}", bucket == i) for i, name in enumerate(names)]
+    return names + [f">= {t[-1]}"]
+
+
+def tile_slices(max_tile: np.ndarray, thresholds: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Highest tile on the board, bucketed: ``< T_1``, ``[T_i, T_{i+1})`` …, ``>= T_K``."""
+    bucket = np.searchsorted(np.asarray([int(x) for x in thresholds]), max_tile, side="right")
+    return [(f"tile {name}", bucket == i) for i, name in enumerate(bucket_names(thresholds))]
 
 
 def make_slices(
@@ -106,4 +114,45 @@ def slice_table(
             m = float(np.mean(v[mask])) if n else None
             row[name] = None if m is None else (float(np.sqrt(m)) if how == "root_mean" else m)
         rows.append(row)
+    return rows
+
+
+def outcome_table(
+    *, q: np.ndarray, y: np.ndarray, bucket: np.ndarray, run_code: np.ndarray, thresholds
+) -> list[dict]:
+    """By final outcome: each threshold's mean predicted probability against the actual rate.
+
+    The rows are the K + 1 buckets of each state's run's final highest tile; within one, the
+    actual rate of ``highest >= T_k`` is 1 for the thresholds the bucket reached and 0 for the
+    others, so ``predicted - actual`` below 0 is an under-estimate of a milestone the runs did
+    reach, above 0 an over-estimate of one they did not. Means are over the bucket's states.
+
+    Args:
+        q: ``(n, K)`` predicted ``P(highest >= T_k)``.
+        y: ``(n, K)`` 0/1 whether the state's run reached ``T_k``.
+        bucket: ``(n,)`` the run's final bucket, 0..K.
+        run_code: ``(n,)`` dense run number (run counts).
+        thresholds: ``(K,)`` tile values.
+
+    Returns:
+        One row per bucket, ``{"outcome", "count", "runs", "predicted": [K], "actual": [K],
+        "bias": [K]}`` (lists of None for an empty bucket).
+    """
+    q, y = np.asarray(q, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rows = []
+    for b, name in enumerate(bucket_names(thresholds)):
+        mask = np.asarray(bucket) == b
+        n = int(mask.sum())
+        pred = q[mask].mean(axis=0).tolist() if n else [None] * q.shape[1]
+        actual = y[mask].mean(axis=0).tolist() if n else [None] * q.shape[1]
+        rows.append(
+            {
+                "outcome": name,
+                "count": n,
+                "runs": int(np.unique(run_code[mask]).size),
+                "predicted": pred,
+                "actual": actual,
+                "bias": [None if a is None else p - a for p, a in zip(pred, actual, strict=True)],
+            }
+        )
     return rows

@@ -104,10 +104,3 @@ def board_score(exps: np.ndarray) -> np.ndarray:
     This is the usual 2048 estimate: building a 2**e tile from 2s scores (e-1)*2**e.
     """
     return _TILE_SCORE[np.asarray(exps)].sum(axis=1)
-
-
-def exps_to_string(exps: np.ndarray) -> str:
-    """A 4x4 rendering of one board's tile values, for messages and debugging."""
-    e = np.asarray(exps).reshape(4, 4)
-    rows = [" ".join(f"{(1 << int(v)) if v else 0:>5}" for v in row) for row in e]
-    return "\n".join(rows)

@@ -3,7 +3,6 @@
 - :func:`replay_rewards`: the merge reward of each recorded move, by replaying it on the
   decoded board (each merge scores the new tile's value). Handles the 65536 tile.
 - :func:`discounted_returns`: ``G_t = r_t + gamma * G_{t+1}`` inside each run.
-- :func:`muzero_h` / :func:`muzero_h_inv`: the MuZero value transform and its exact inverse.
 - :func:`step_fraction`: how far into its run a state is.
 
 Axes: N = rows (states), 16 = cells.
@@ -70,6 +69,9 @@ def discounted_returns(rewards: np.ndarray, run_ids: np.ndarray, gamma: float) -
         )
     if not 0.0 <= gamma <= 1.0:
         raise VhError(f"gamma must lie in [0, 1], got {gamma}", field="gamma")
+    if not np.isfinite(r).all():  # one NaN would spread to every earlier return of its run
+        i = int(np.flatnonzero(~np.isfinite(r))[0])
+        raise VhError(f"row {i}: reward {r[i]} is not finite", field="reward")
     last_rows = np.r_[np.flatnonzero(ids[1:] != ids[:-1]), r.size - 1]  # each run's last row
     return _reverse_scan(r.astype(np.float64), last_rows, gamma) if r.size else r * 0.0
 
@@ -107,28 +109,6 @@ def _reverse_scan(x: np.ndarray, last_rows: np.ndarray, gamma: float) -> np.ndar
         for j in range(b):
             z[:, j] += gamma ** (b - j) * np.where(j > last_col, carry, 0.0)
     return z.ravel()[: x.size]
-
-
-# --------------------------------------------------------------------------- transforms
-
-
-def muzero_h(x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-    """MuZero's value transform ``h(x) = sign(x) (sqrt(|x| + 1) - 1) + eps x``, float64."""
-    x = np.asarray(x, dtype=np.float64)
-    return np.sign(x) * (np.sqrt(np.abs(x) + 1.0) - 1.0) + eps * x
-
-
-def muzero_h_inv(y: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-    """Exact inverse of :func:`muzero_h`, float64.
-
-    With ``s = sqrt(|x| + 1)``, ``|y| = s - 1 + eps (s**2 - 1)`` is a quadratic in ``s``; its
-    root is written ``2c / (1 + sqrt(1 + 4 eps c))`` with ``c = 1 + eps + |y|``, which has no
-    cancellation and also holds for ``eps = 0``.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    c = 1.0 + eps + np.abs(y)
-    s = 2.0 * c / (1.0 + np.sqrt(1.0 + 4.0 * eps * c))
-    return np.sign(y) * (s * s - 1.0)
 
 
 def step_fraction(step_index: np.ndarray, run_steps: np.ndarray) -> np.ndarray:

@@ -13,8 +13,11 @@ So a game replays from its ``seed`` alone, whatever else is played alongside, an
 config writes the same bytes (only ``session.created_at`` in the db differs).
 
 Atomicity: everything is written into a sibling temp dir ``.NAME.tmp-PID`` with
-``metadata.db`` last, then renamed into place; a killed synth never leaves a dir that looks
-complete. An existing non-empty destination is refused unless ``overwrite``.
+``metadata.db`` last, then renamed into place by :func:`vh.durable.replace_dir` (an old dataset
+is deleted only once the new one is in place); a killed synth never leaves a dir that looks
+complete. An existing non-empty destination is refused unless ``overwrite``, which replaces
+only a dataset dir vh made (ownership marker ``.vh-owner.json``, or a pre-marker one whose
+``metadata.db`` session names vh) holding nothing but dataset files.
 
 Axes: G = games (runs), R = rows (states), 4 = directions (UDLR).
 """
@@ -25,8 +28,6 @@ import json
 import os
 import shutil
 import sqlite3
-import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,14 +35,16 @@ from pathlib import Path
 import numpy as np
 
 import vh
+from vh import durable
 from vh.config import SynthConfig, to_dict
-from vh.errors import VhError
+from vh.errors import VhError, require_regular_file
 from vh.extract import engine
 from vh.extract.board import max_exponent, unpack
 from vh.extract.formats import LEGACY, PACKED_42, PACKED_46, SELFPLAY, VALUES
 from vh.extract.players import Player, heuristic, legal_values, make_player
 from vh.extract.rewards import discounted_returns
-from vh.progress import Progress
+from vh.progress import Progress, say
+from vh.transforms import splitmix64
 
 # games played at once: wide enough that numpy's per-call overhead vanishes, small enough that
 # the per-move arrays stay in L2 (measured: 16k games ~20% faster than 64k or 100k)
@@ -52,16 +55,8 @@ _DATASET_FILES = ("steps-*.npy", "steps.npy", "values-*.npy", "metadata.db")
 
 # --------------------------------------------------------------------------- randomness
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment: stream k is state + k * this
 _FIELD_BITS = 21  # each 64-bit draw gives three 21-bit uniforms
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 output for state ``x`` (uint64 arrays wrap silently)."""
-    z = x + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -75,14 +70,14 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 def game_seeds(seed: int, run_ids: np.ndarray) -> np.ndarray:
     """32-bit seeds of the games with these run ids, distinct for distinct ids, uint32 ``(G,)``."""
-    key = _splitmix64(np.array([seed % (1 << 64)], dtype=np.uint64)).astype(np.uint32)
+    key = splitmix64(np.array([seed % (1 << 64)], dtype=np.uint64)).astype(np.uint32)
     return _fmix32(_fmix32(np.asarray(run_ids, dtype=np.uint32)) ^ key)
 
 
 def _draw(seeds: np.ndarray, counter: int) -> np.ndarray:
     """Output ``counter`` of each game's SplitMix64 stream, uint64 ``(G,)``."""
     step = np.uint64(counter * int(_GOLDEN) % (1 << 64))  # Python ints: no overflow warning
-    return _splitmix64(seeds.astype(np.uint64) + step)
+    return splitmix64(seeds.astype(np.uint64) + step)
 
 
 def _field(draw: np.ndarray, k: int) -> np.ndarray:
@@ -295,47 +290,36 @@ class _ShardWriter:
 # --------------------------------------------------------------------------- destination
 
 
+def _made_by_synth(out: Path) -> bool:
+    """A dataset dir of a vh before ownership markers: its metadata.db session names vh.
+
+    Datasets of the ecosystem have the same layout; only the ``vh_version`` row synth writes
+    tells them apart, so those are never overwritten.
+    """
+    db = out / "metadata.db"
+    try:
+        require_regular_file(db)
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)  # never writes
+        try:
+            row = con.execute(
+                "SELECT meta_value FROM session WHERE meta_key = 'vh_version'"
+            ).fetchone()
+        finally:
+            con.close()
+    except (VhError, sqlite3.Error):
+        return False
+    return row is not None
+
+
 def _check_destination(out: Path, overwrite: bool) -> None:
-    """Refuse a destination that holds anything, unless overwriting a dataset dir."""
-    if out.exists() and not out.is_dir():
+    """Refuse a destination that holds anything, unless overwriting a dataset dir vh made."""
+    if os.path.lexists(out) and not out.is_dir():
         raise VhError("exists and is not a directory", path=out, code=3)
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if entries and not overwrite:
+    if out.is_dir() and durable.entries(out) and not overwrite:
         raise VhError(
             "already exists and is not empty; pass --overwrite to replace it", path=out, code=3
         )
-    foreign = [e for e in entries if not any(Path(e).match(p) for p in _DATASET_FILES)]
-    if foreign:
-        raise VhError(
-            f"refusing to overwrite: {foreign[0]!r} is not a dataset file", path=out, code=3
-        )
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Delete temp dirs that killed runs of synth left next to ``out``."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished temp dir into place; an old dataset is removed only afterwards."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    durable.check_owned(out, "dataset", files=_DATASET_FILES, legacy=_made_by_synth)
 
 
 # --------------------------------------------------------------------------- metadata.db
@@ -449,13 +433,10 @@ def synth(
     out = Path(out)
     _check_config(cfg)
     player = make_player(cfg.player, cfg.depth)
+    durable.recover_dir(out)  # a synth killed mid-replace: its old dataset back, temps gone
     _check_destination(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    bar = Progress(0, "synth", unit="moves", stream=sys.stderr if progress else None)
+    tmp = durable.temp_dir(out)
+    bar = Progress(0, "synth", unit="moves", log=say if progress else None)
     try:
         # ---- play in waves of games; whole runs go to the shards in run-id order
         names = ("steps", "values") if cfg.values else ("steps",)
@@ -473,52 +454,10 @@ def synth(
         table = {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
         rows = int(table["steps"].sum())
         _write_db(tmp / "metadata.db", table, _session(cfg, rows, shards), cfg.metadata == "legacy")
-        _publish(tmp, out)
+        durable.claim(tmp, "dataset")
+        durable.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     highest, mean_score = int(table["highest_tile"].max()), float(table["score"].mean())
     return SynthSummary(out, rows, cfg.games, shards, seconds, highest, mean_score)
-
-
-# --------------------------------------------------------------------------- benchmarks
-
-
-def bench_play(
-    player: str, games: int, max_moves: int, depth: int = 2, seed: int = 0
-) -> tuple[int, float, float]:
-    """Play ``games`` games as synth does (waves), up to ``max_moves`` moves each, unwritten.
-
-    Returns:
-        ``(moves, wall seconds, CPU seconds of this process)``; numpy runs these loops on one
-        thread, so CPU time is the wall time the same work takes on an idle core.
-    """
-    chosen = make_player(player, depth)
-    t0, c0 = time.perf_counter(), time.process_time()
-    moves = sum(int(g.lengths.sum()) for _, g in play_waves(chosen, seed, games, max_moves))
-    return moves, time.perf_counter() - t0, time.process_time() - c0
-
-
-def bench_decode(rows: int, batch: int = 65_536, seed: int = 0) -> dict[str, float]:
-    """Decode throughput (rows/s) into a preallocated token buffer, batch by batch.
-
-    ``packed``: PACKED_46 rows -> exponents with :func:`vh.extract.board.unpack` (board and
-    tile_65536_mask fields); ``selfplay``: SELFPLAY rows -> a copy of their ``exps`` field.
-    """
-    rng = np.random.default_rng(seed)
-    packed, selfplay = np.zeros(rows, PACKED_46), np.zeros(rows, SELFPLAY)
-    packed["board"] = rng.integers(0, np.iinfo(np.int64).max, rows, dtype=np.int64)
-    selfplay["exps"] = unpack(packed["board"])
-    buf = np.empty((batch, 16), dtype=np.uint8)
-    rates = {}
-    for name, data in (("packed", packed), ("selfplay", selfplay)):
-        t0 = time.perf_counter()
-        for i in range(0, rows, batch):
-            chunk = data[i : i + batch]
-            out = buf[: chunk.shape[0]]
-            if name == "packed":
-                unpack(chunk["board"], chunk["tile_65536_mask"], out=out)
-            else:
-                np.copyto(out, chunk["exps"])
-        rates[name] = rows / (time.perf_counter() - t0)
-    return rates

@@ -1,19 +1,21 @@
-"""The run dir: :func:`fit` writes it, :func:`load_run` reads it back (for eval and export).
+"""Fitting heads: :func:`fit` writes a run dir, :func:`load_run` reads a head back from one.
 
-``RUN_DIR`` holds ``config.json`` (resolved fit config, cache identity, target spec, grid),
-``split.npz`` (the split of every run, and the seed), ``sampling.npz`` (the sorted cache rows
-of each split), ``sampling_manifest.csv``, ``members/NAME/{best.safetensors, metrics.jsonl,
-summary.json}``, ``summary.json`` (the best member by validation NLL), ``last/`` (resume
-state) and ``lock``.
+The run dir's files (``config.json``, ``split.npz``, ``sampling.npz``, the manifest,
+``members/NAME/…``, ``summary.json``, ``last/``, ``lock``) are written and read by
+:mod:`vh.heads.rundir`, which owns their names and format version; this module decides what
+goes in them.
 
 Rerunning the same ``vh fit`` on a run dir resumes it; a run dir holding a different fit
-(another config, cache or grid) is refused unless ``--overwrite``.
+(another config, cache or grid) is refused unless ``--overwrite``, which deletes only a run
+dir vh made (marker, or a pre-marker run dir holding only fit's files), never the cache or a
+folder holding it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,11 +24,19 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vh import __version__
+from vh import __version__, durable
 from vh.cache.reader import open_cache
 from vh.config import FitConfig, from_dict, to_dict
 from vh.errors import VhError
-from vh.heads import checkpoint as ck
+from vh.heads import rundir
+from vh.heads.data import (
+    Batching,
+    DeviceData,
+    StreamData,
+    device_bytes,
+    init_distributed,
+    make_mesh,
+)
 from vh.heads.losses import make_objective
 from vh.heads.modules import linear_map as _linear_map
 from vh.heads.modules import make_head, unflatten_params
@@ -34,23 +44,17 @@ from vh.heads.sampler import manifest_csv, sample_rows
 from vh.heads.splits import NAMES, check_nonempty, split_runs
 from vh.heads.targets import (
     TargetSpec,
+    check_label_sources,
+    check_train,
     count_outside,
     link,
     make_spec,
+    positive_rate,
     run_index,
     target_values,
     train_targets,
 )
-from vh.heads.train import (
-    DeviceData,
-    StreamData,
-    batch_layout,
-    device_bytes,
-    init_distributed,
-    make_members,
-    make_mesh,
-    train,
-)
+from vh.heads.train import make_members, train
 from vh.progress import say
 
 __all__ = ["RunHead", "TargetSpec", "fit", "load_run"]
@@ -68,36 +72,61 @@ def _identity(cfg: FitConfig, reader, members) -> dict:
     }
 
 
-# written before config.json; without it they are leftovers of a fit killed at its start
-_SAMPLING_FILES = {"split.npz", "sampling.npz", "sampling_manifest.csv"}
+def _check_out(out: Path, cache, resume: bool | None) -> None:
+    """Refuse a run dir fit may not write (before the lock: a refused fit leaves nothing).
+
+    Never the cache or a folder holding it; with ``--overwrite`` only a run dir vh made and
+    holding only fit's files; without, a folder with no config.json must hold only leftovers.
+    """
+    cache_path = cache if isinstance(cache, str | Path) else getattr(cache, "path", None)
+    durable.check_not_input(out, {"--cache": cache_path})
+    if resume is False:
+        durable.check_owned(
+            out,
+            "run",
+            files=rundir.RUN_FILES,
+            legacy=rundir.is_legacy_run,
+            scratch=(rundir.LOCK,),
+        )
+        return
+    if os.path.lexists(out) and not out.is_dir():
+        raise VhError("exists and is not a directory", path=out, field="--out", code=3)
+    if (out / rundir.CONFIG).exists():
+        return
+    if out.is_dir() and set(durable.entries(out, (rundir.LOCK,))) - set(rundir.SAMPLING_FILES):
+        raise VhError(
+            "not a run dir (no config.json) and not empty; choose another --out",
+            path=out,
+            field="--out",
+            code=3,
+        )
+    if resume:
+        raise VhError("nothing to resume (no config.json)", path=out)
 
 
-def _prepare_dir(out: Path, ident: dict, resume: bool | None) -> bool:
-    """Decide fresh start or resume; clear the dir for a fresh start. Returns ``resume``."""
-    recorded = out / "config.json"
-    others = [p for p in out.iterdir() if p.name != "lock"]
-    if resume is not False and not recorded.exists():
-        if {p.name for p in others} - _SAMPLING_FILES:
-            raise VhError(
-                "not a run dir (no config.json) and not empty; pass --overwrite or "
-                "choose another --out",
-                path=out,
-            )
-        if resume:
-            raise VhError("nothing to resume (no config.json)", path=out)
+def _prepare_dir(out: Path, cache, ident: dict, resume: bool | None) -> bool:
+    """Decide fresh start or resume; clear the dir for a fresh start. Returns ``resume``.
+
+    Runs with the lock held; the checks of :func:`_check_out` are repeated here because
+    another process may have changed the dir between them and the lock.
+    """
+    _check_out(out, cache, resume)
+    recorded = out / rundir.CONFIG
+    if resume is None and not recorded.exists():
         resume = False
-    if resume is False:  # --overwrite, or a fresh start
-        for p in others:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if resume is False:  # --overwrite, or a fresh start: only fit's own files are here
+        for p in out.iterdir():
+            if p.name not in (rundir.LOCK, durable.MARKER):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        durable.claim(out, "run")  # only the primary process starts a fit afresh
         return False
-    rec = ck.read_json(recorded, "config.json")
+    rec = rundir.read_config(out)
     old = {
         "fit": rec.get("fit"),
         "fingerprint": rec.get("cache", {}).get("fingerprint"),
         "grid": [{k: g.get(k) for k in ("name", "lr", "wd", "seed")} for g in rec.get("grid", [])],
     }
-    for tmp in out.rglob(".*.tmp-*"):  # a write cut short by a kill (checkpoint.atomic_write)
-        tmp.unlink()
+    durable.remove_temp_files(out)  # writes cut short by a kill
     if old != ident:
         what = _first_difference(old, ident)
         raise VhError(
@@ -116,20 +145,6 @@ def _first_difference(a, b, key: str = "") -> str:
             if a.get(k) != b.get(k):
                 return _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
     return key
-
-
-def _check_reached(spec: TargetSpec, highest_tile: np.ndarray) -> None:
-    """Refuse a threshold no train run reaches: its classifier could only learn 'never'."""
-    if spec.kind not in ("ordinal", "tiles"):
-        return
-    top = int(highest_tile.max())
-    for t in spec.thresholds:
-        if t > top:
-            raise VhError(
-                f"threshold {t} is reached by no train run (highest tile in train: "
-                f"{top}); lower or drop it, e.g. --set fit.target.thresholds=[...]",
-                field="fit.target.thresholds",
-            )
 
 
 def _on_device(mode: str, nbytes: int, fraction: float) -> bool:
@@ -162,46 +177,34 @@ def _make_data(cfg: FitConfig, reader, rows: dict, y: dict, mesh) -> DeviceData 
     """Train and val rows on the device when they fit (``fit.train.data_on_device``), else a
     stream from the cache."""
     t = cfg.train
-    batch, micro = batch_layout(t.batch_size, t.microbatch, len(rows["train"]), mesh.size)
+    batching = Batching.plan(
+        requested=t.batch_size,
+        micro=t.microbatch,
+        n_train=len(rows["train"]),
+        n_dev=mesh.size,
+        seed=t.seed,
+        states_per_epoch=cfg.sampler.states_per_epoch,
+    )
     nbytes = (len(rows["train"]) + len(rows["val"])) * reader.d * np.dtype(reader.dtype).itemsize
     if _on_device(t.data_on_device, nbytes, t.device_memory_fraction):
         return DeviceData(
-            reader.take(rows["train"]),
-            y["train"],
-            reader.take(rows["val"]),
-            y["val"],
-            batch,
-            mesh,
-            t.seed,
-            cfg.sampler.states_per_epoch,
-            micro,
+            x_train=reader.take(rows["train"]),
+            y_train=y["train"],
+            x_val=reader.take(rows["val"]),
+            y_val=y["val"],
+            batching=batching,
+            mesh=mesh,
         )
     return StreamData(
-        reader,
-        rows["train"],
-        y["train"],
-        rows["val"],
-        y["val"],
-        batch,
-        mesh,
-        t.prefetch_chunks,
-        t.seed,
-        cfg.sampler.states_per_epoch,
-        micro,
+        reader=reader,
+        train_rows=rows["train"],
+        y_train=y["train"],
+        val_rows=rows["val"],
+        y_val=y["val"],
+        batching=batching,
+        mesh=mesh,
+        prefetch=t.prefetch_chunks,
     )
-
-
-def _write_sampling(out: Path, run_ids, split, rows: dict, manifest: str, seed: int) -> None:
-    def npz(path, **arrays):
-        def write(p):
-            with open(p, "wb") as f:
-                np.savez_compressed(f, **arrays)
-
-        ck.atomic_write(path, write)
-
-    npz(out / "split.npz", run_id=np.asarray(run_ids, np.int64), split=split, seed=seed)
-    npz(out / "sampling.npz", **{f"{n}_rows": rows[n] for n in NAMES})
-    ck.atomic_write(out / "sampling_manifest.csv", lambda p: Path(p).write_text(manifest))
 
 
 # --------------------------------------------------------------------------- fit
@@ -229,37 +232,27 @@ def fit(
     out = Path(out)
     members = make_members(cfg.train, grid)
     primary = jax.process_index() == 0  # multi-host: one process owns the run dir
-    with ck.RunLock(out) if primary else contextlib.nullcontext():
+    if primary:  # before the lock and any folder exist: a refused fit leaves nothing
+        _check_out(out, cache, resume)
+        check_label_sources(cache, cfg.target.kind)  # impossible labels: refused here too
+    with rundir.lock(out) if primary else contextlib.nullcontext():
         reader = open_cache(cache) if isinstance(cache, str | Path) else cache
-        resume = _prepare_dir(out, _identity(cfg, reader, members), resume if primary else True)
+        ident = _identity(cfg, reader, members)
+        resume = _prepare_dir(out, cache, ident, resume if primary else True)
+        if primary:
+            durable.claim(out, "run")  # a run dir of a vh before markers becomes a marked one
 
         # ---- splits by run, then the rows each split uses
-        runs_id = np.asarray(reader.runs["id"])
-        db = (
-            reader.runs_db()
-            if (cfg.split.train_where + cfg.split.val_where + cfg.split.test_where).strip()
-            else None
-        )
-        split = split_runs(runs_id, cfg.split, db)
-        check_nonempty(split, runs_id, cfg.split)
-        cols = {k: reader.column(k) for k in ("run_id", "step_index", "step_fraction")}
-        rows = sample_rows(cols, split[run_index(reader, cols["run_id"])], cfg.sampler)
-        for name in ("train", "val"):
-            if not len(rows[name]):
-                raise VhError(
-                    f"split '{name}' has no rows after sampling (step_index bounds "
-                    f"{cfg.sampler.step_index_min}..{cfg.sampler.step_index_max})",
-                    field="fit.sampler",
-                )
+        runs_id, split, cols, rows = _sample(cfg, reader)
 
         # ---- target, labels and loss
         values = {n: target_values(cfg.target.kind, reader, rows[n]) for n in NAMES}
         spec = make_spec(
             cfg.target, monotone=cfg.head.monotone, train_values=values["train"].get("value")
         )
-        _check_reached(spec, values["train"]["highest_tile"])
+        check_train(spec, values["train"])  # e.g. a threshold no train run reaches
         y = {n: train_targets(spec, values[n]) for n in ("train", "val")}
-        pos_rate = y["train"].mean(0) if spec.kind == "ordinal" else None
+        pos_rate = positive_rate(spec, y["train"])
         objective = make_objective(spec, cfg.loss, pos_rate)
         model = make_head(cfg.head.arch, spec, cfg.head)
         outside = {n: count_outside(values[n].get("value", np.zeros(0)), spec) for n in NAMES}
@@ -267,21 +260,15 @@ def fit(
         # ---- record what this fit is, before any training (config.json last)
         if not resume and primary:
             manifest = manifest_csv(rows, cols, cfg.split, cfg.sampler, outside)
-            _write_sampling(out, runs_id, split, rows, manifest, cfg.split.seed)
-            ck.write_json(out / "config.json", _run_config(cfg, reader, spec, members))
+            rundir.write_sampling(out, runs_id, split, rows, manifest, cfg.split.seed)
+            rundir.write_config(out, _run_config(cfg, reader, spec, members))
         if any(outside.values()):
             log(f"fit: outside the bins (clipped to the end bins): {outside}")
 
         # ---- data: on the device when it fits, else streamed
         mesh = make_mesh()
         data = _make_data(cfg, reader, rows, y, mesh)
-        where = "on the device" if isinstance(data, DeviceData) else "streamed from the cache"
-        log(
-            f"fit: {len(members)} {cfg.head.arch} head(s), target {spec.kind} ({spec.n_out} "
-            f"outputs), {len(rows['train']):,} train / {len(rows['val']):,} val rows, batch "
-            f"{data.batch:,}, data {where} ({mesh.size} device(s))"
-            + (", resuming" if resume else "")
-        )
+        log(_start_line(cfg, len(members), spec, rows, data, resume))
 
         # ---- train
         books = train(
@@ -298,10 +285,49 @@ def fit(
         )
 
         # ---- summary
-        return _write_summary(out, members, books, spec, cfg, rows, time.perf_counter() - t_start)
+        seconds = time.perf_counter() - t_start
+        return _write_summary(out, members, books, spec, cfg, rows, data.batching, seconds)
 
 
-def _write_summary(out: Path, members, books, spec, cfg: FitConfig, rows, seconds) -> dict:
+def _sample(cfg: FitConfig, reader) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Split the cache's runs, then sample the rows of each split.
+
+    Returns:
+        (run ids, split code per run, the cache columns used, split name -> sorted rows).
+    """
+    runs_id = np.asarray(reader.runs["id"])
+    wheres = cfg.split.train_where + cfg.split.val_where + cfg.split.test_where
+    split = split_runs(runs_id, cfg.split, reader.runs_db() if wheres.strip() else None)
+    check_nonempty(split, runs_id, cfg.split)
+    cols = {k: reader.column(k) for k in ("run_id", "step_index", "step_fraction")}
+    rows = sample_rows(cols, split[run_index(reader, cols["run_id"])], cfg.sampler)
+    for name in ("train", "val"):
+        if not len(rows[name]):
+            raise VhError(
+                f"split '{name}' has no rows after sampling (step_index bounds "
+                f"{cfg.sampler.step_index_min}..{cfg.sampler.step_index_max})",
+                field="fit.sampler",
+            )
+    return runs_id, split, cols, rows
+
+
+def _start_line(cfg: FitConfig, n_members: int, spec, rows: dict, data, resume: bool) -> str:
+    """The progress line before training: heads, target, rows, the batch used, where data is."""
+    where = "on the device" if isinstance(data, DeviceData) else "streamed from the cache"
+    asked = cfg.train.batch_size
+    clamped = f" (of {asked:,} asked)" if data.batch != asked else ""
+    return (
+        f"fit: {n_members} {cfg.head.arch} head(s), target {spec.kind} ({spec.n_out} "
+        f"outputs), {len(rows['train']):,} train / {len(rows['val']):,} val rows, batch "
+        f"{data.batch:,}{clamped}, data {where} ({data.mesh.size} device(s))"
+        + (", resuming" if resume else "")
+    )
+
+
+def _write_summary(
+    out: Path, members, books, spec, cfg: FitConfig, rows, batching: Batching, seconds
+) -> dict:
+    """``summary.json``: the best member by validation NLL, every member, the batch used."""
     per = {}
     for m in members:
         b = books[m.name]
@@ -315,7 +341,7 @@ def _write_summary(out: Path, members, books, spec, cfg: FitConfig, rows, second
             "seed": m.seed,
         }
     best = min(per, key=lambda n: per[n]["best_val_nll"])
-    params, _ = ck.load_tensors(out / "members" / best / "best.safetensors")
+    params = rundir.read_best(out, best)
     summary = {
         "best_member": best,
         "members": per,
@@ -324,12 +350,11 @@ def _write_summary(out: Path, members, books, spec, cfg: FitConfig, rows, second
         "n_params": int(sum(v.size for v in params.values())),
         "train_rows": len(rows["train"]),
         "val_rows": len(rows["val"]),
+        "batch": batching.record(),  # fit.train.batch_size is clamped to the train rows
         "seconds": seconds,
     }
     if jax.process_index() == 0:
-        for name, s in per.items():
-            ck.write_json(out / "members" / name / "summary.json", s)
-        ck.write_json(out / "summary.json", summary)
+        rundir.write_summary(out, summary)
     return summary
 
 
@@ -406,20 +431,14 @@ def load_run(run_dir, member: str | None = None) -> RunHead:
         The :class:`RunHead`; VhError naming the file if the run has no checkpoint.
     """
     run_dir = Path(run_dir)
-    config = ck.read_json(run_dir / "config.json", "config.json (not a run dir?)")
+    config = rundir.read_config(run_dir)
     if member is None:
-        member = ck.read_json(run_dir / "summary.json", "summary.json (fit not finished?)")[
-            "best_member"
-        ]
+        member = rundir.read_summary(run_dir)["best_member"]
     names = [g["name"] for g in config.get("grid", [])]
     if member not in names:
         raise VhError(
             f"no member {member!r} (run has {', '.join(names)})", path=run_dir, field="member"
         )
-    best = run_dir / "members" / member / "best.safetensors"
-    params, _ = ck.load_tensors(best)
-    for key, value in params.items():  # NaN weights would give a silent NaN report or export
-        if not np.all(np.isfinite(value)):
-            raise VhError("non-finite weights (NaN or inf)", path=best, field=key)
+    params = rundir.read_best(run_dir, member)
     spec = TargetSpec.from_dict(config["target"])
     return RunHead(run_dir, member, spec, config["fit"]["head"]["arch"], params, config)

@@ -1,62 +1,23 @@
-"""Run-dir I/O: atomic files, safetensors checkpoints, resume state, metrics, the lock.
+"""Checkpoint formats: safetensors files with JSON metadata, the resume state, metrics lines.
 
-Every file a reader may see is written atomically (temp file in the same folder, fsync,
-``os.replace``, fsync of the folder), so a kill at any instant leaves either the old or the
-new version, never a torn one. The lock is an ``flock`` on ``RUN_DIR/lock``: the kernel drops
-it when its process dies, so a run killed with SIGKILL never leaves a stale lock behind.
+Which file lives where in a run dir is :mod:`vh.heads.rundir`'s business; this module only
+encodes and decodes. Every file is written atomically by :mod:`vh.durable` (temp file in the
+same folder, fsync, ``os.replace``, fsync of the folder), so a kill at any instant leaves
+either the old or the new version, never a torn one.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from vh import durable
 from vh.errors import VhError
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write ``path`` atomically; ``write(tmp_path)`` produces the content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomic JSON file (indented, so people can read it)."""
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1) + "\n"))
-
-
-def read_json(path: str | os.PathLike, what: str = "file") -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise VhError(f"missing {what}", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VhError(f"not valid JSON ({e})", path=path) from None
 
 
 def save_tensors(
@@ -65,7 +26,7 @@ def save_tensors(
     """Atomic safetensors file; ``metadata`` (JSON-able) travels in its header."""
     arrays = {k: np.asarray(v, order="C") for k, v in tensors.items()}  # keeps 0-d shapes
     meta = None if metadata is None else {"json": json.dumps(metadata)}
-    atomic_write(path, lambda p: save_file(arrays, p, metadata=meta))
+    durable.atomic_write(path, lambda p: save_file(arrays, p, metadata=meta))
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
@@ -143,40 +104,3 @@ class MetricsLog:
             f.writelines(json.dumps(r) + "\n" for r in records)
             f.flush()
             os.fsync(f.fileno())
-
-
-class RunLock:
-    """Exclusive use of a run dir by one process (context manager)."""
-
-    def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / "lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip()
-            os.close(self.fd)
-            raise VhError(
-                f"another vh fit is using this run dir ({holder})",
-                path=self.path,
-                field="lock",
-                code=3,
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(
-            self.fd,
-            f"pid {os.getpid()} on {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
-            0,
-        )
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None

@@ -5,7 +5,9 @@ zeroes the padded rows, and :func:`masked_mean` averages over the real ones, so 
 batch gives exactly the loss of its real rows. Logs are taken in their stable forms
 (``log_sigmoid``, ``log_softmax``) so extreme logits give finite losses and gradients.
 
-:func:`make_objective` picks the training loss and the model-selection NLL for a target.
+:func:`make_objective` picks the training loss and the model-selection NLL for a target: its
+kind (``vh.heads.targets``) chooses among the objectives here and refuses options it does not
+use (:func:`refuse_options`).
 
 Axis legend: n rows, K thresholds, C classes or bins.
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 from vh.config import LossConfig
 from vh.errors import VhError
-from vh.heads.targets import TargetSpec, soft_labels
+from vh.heads.targets import TargetSpec, get, soft_labels
 
 
 def _apply_mask(values: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -147,7 +149,27 @@ class Objective:
     nll: Callable[..., jax.Array]
 
 
-def _ordinal(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> Objective:
+def refuse_options(cfg: LossConfig, *, balance: bool = False, quartic: bool = False) -> None:
+    """Refuse loss options the target does not use (rather than ignore them).
+
+    Args:
+        cfg: the loss options.
+        balance: class balancing and the focal term apply (ordinal targets).
+        quartic: the quartic term applies (the scalar return head).
+    """
+    if (cfg.balance or cfg.focal_gamma) and not balance:
+        raise VhError(
+            "class balancing and the focal term apply to ordinal targets only",
+            field="fit.loss.balance" if cfg.balance else "fit.loss.focal_gamma",
+        )
+    if cfg.quartic and not quartic:
+        raise VhError(
+            "the quartic term applies to the scalar return head only", field="fit.loss.quartic"
+        )
+
+
+def ordinal_objective(cfg: LossConfig, pos_rate: np.ndarray | None) -> Objective:
+    """BCE over thresholds; class-balanced (weights from the train rates) or focal if asked."""
     wp = wn = None
     if cfg.balance:
         if pos_rate is None:
@@ -167,7 +189,9 @@ def _ordinal(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> 
     return Objective(loss if cfg.balance or cfg.focal_gamma else nll, nll)
 
 
-def _categorical(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> Objective:
+def categorical_objective(spec: TargetSpec) -> Objective:
+    """Softmax cross-entropy: class labels, or values encoded over a binned spec's bins."""
+
     def nll(z, y, mask=None):
         labels = soft_labels(y, spec) if spec.binned else y  # binned labels arrive as values
         return cross_entropy(z, labels, mask=mask)
@@ -175,7 +199,9 @@ def _categorical(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None)
     return Objective(nll, nll)
 
 
-def _scalar(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> Objective:
+def scalar_objective(cfg: LossConfig) -> Objective:
+    """Squared error (plus the quartic term when asked); the NLL is the plain squared error."""
+
     def loss(z, y, mask=None):
         return squared_error(z, y, quartic=cfg.quartic, mask=mask)
 
@@ -185,20 +211,11 @@ def _scalar(spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None) -> O
     return Objective(loss if cfg.quartic else nll, nll)
 
 
-# by the target's encoding (TargetSpec.encoding)
-OBJECTIVES = {
-    "bernoulli": _ordinal,
-    "class": _categorical,
-    "twohot": _categorical,
-    "gaussian": _categorical,
-    "scalar": _scalar,
-}
-
-
 def make_objective(
     spec: TargetSpec, cfg: LossConfig, pos_rate: np.ndarray | None = None
 ) -> Objective:
-    """Training loss and validation NLL for a target.
+    """Training loss and validation NLL for a target (its kind picks them, see
+    :meth:`vh.heads.targets.base.TargetKind.objective`).
 
     Args:
         spec: the target.
@@ -209,13 +226,4 @@ def make_objective(
     Returns:
         The :class:`Objective`.
     """
-    if (cfg.balance or cfg.focal_gamma) and spec.kind != "ordinal":
-        raise VhError(
-            "class balancing and the focal term apply to ordinal targets only",
-            field="fit.loss.balance" if cfg.balance else "fit.loss.focal_gamma",
-        )
-    if cfg.quartic and spec.encoding != "scalar":
-        raise VhError(
-            "the quartic term applies to the scalar return head only", field="fit.loss.quartic"
-        )
-    return OBJECTIVES[spec.encoding](spec, cfg, pos_rate)
+    return get(spec.kind).objective(spec, cfg, pos_rate)

@@ -157,19 +157,6 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-def linear_map(flat: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The affine map of a probe as ``(weight [out, D], bias [out])`` (PyTorch layout).
-
-    A monotone probe is affine too: every threshold shares the score direction and gets its
-    own cut point as bias.
-    """
-    if "hidden.kernel" in flat:
-        raise VhError("an MLP head has no affine map", field="params")
-    if "out.kernel" in flat:
-        return flat["out.kernel"].T.copy(), flat["out.bias"].copy()
-    if "score.kernel" in flat:
-        inc = flat["cut_inc"].astype(np.float64)
-        t = flat["cut_b"] - np.cumsum(np.logaddexp(0.0, inc))  # softplus, in numpy
-        w = np.repeat(flat["score.kernel"].T, len(t), axis=0)  # (K, D)
-        return w.astype(np.float32), t.astype(np.float32)
-    raise VhError("not a probe: no affine map", field="params")
+# the affine map of a probe is numpy-only: it lives in vh.heads.affine (export and play read
+# it without importing jax) and is re-exported here
+from vh.heads.affine import linear_map  # noqa: E402, F401

@@ -45,6 +45,22 @@ def _check(cfg: SamplerConfig) -> None:
         raise VhError("cap_per_run must be >= 1", field="fit.sampler.cap_per_run")
 
 
+def _check_columns(columns: dict) -> None:
+    """Refuse impossible sampling columns: a NaN step fraction would land in the last stage
+    silently, a negative step index pass any lower bound."""
+    frac = np.asarray(columns["step_fraction"])
+    bad = ~((frac >= 0) & (frac <= 1))  # NaN compares False: caught here
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise VhError(
+            f"row {i}: {frac[i]} is not a step fraction in [0, 1]", field="columns/step_fraction"
+        )
+    step = np.asarray(columns["step_index"])
+    if step.size and step.min() < 0:
+        i = int(np.argmin(step))
+        raise VhError(f"row {i}: negative step index {step[i]}", field="columns/step_index")
+
+
 def stage_of(step_fraction: np.ndarray, stages: tuple[float, ...]) -> np.ndarray:
     """Stage index (u1) of each row: ``stages[s] <= f < stages[s+1]``, the last one closed."""
     return np.searchsorted(np.asarray(stages[1:-1]), step_fraction, side="right").astype(np.uint8)
@@ -93,6 +109,7 @@ def sample_rows(columns: dict, row_split: np.ndarray, cfg: SamplerConfig) -> dic
         ``{"train": rows, "val": rows, "test": rows}``, sorted int64 row indices.
     """
     _check(cfg)
+    _check_columns(columns)
     step = np.asarray(columns["step_index"])
     keep = step >= cfg.step_index_min
     if cfg.step_index_max >= 0:

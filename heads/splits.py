@@ -22,25 +22,16 @@ import numpy as np
 
 from vh.config import SplitConfig
 from vh.errors import VhError
+from vh.transforms import splitmix64
 
 TRAIN, VAL, TEST, UNUSED = 0, 1, 2, 3
 NAMES = ("train", "val", "test")
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, vectorised (uint64 arithmetic wraps, as intended)."""
-    x = x.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def run_uniform(run_id: np.ndarray, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) per run, a pure function of (run id, seed)."""
-    salt = _splitmix64(np.array([seed], np.int64).view(np.uint64))[0]
-    h = _splitmix64(np.asarray(run_id, np.int64).view(np.uint64) ^ salt)
+    salt = splitmix64(np.array([seed], np.int64).view(np.uint64))[0]
+    h = splitmix64(np.asarray(run_id, np.int64).view(np.uint64) ^ salt)
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 

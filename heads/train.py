@@ -1,4 +1,4 @@
-"""The train engine: a pure jitted step, whole epochs in ``lax.scan``, a vmapped grid, a mesh.
+"""The train engine: a pure jitted step, whole epochs in ``lax.scan``, a vmapped grid, the loop.
 
 State (a pytree; every leaf but ``step`` is stacked over the M grid members):
 ``params`` (Flax params), ``opt`` (Adam moments), ``lr`` [M], ``wd`` [M], ``step`` (int32,
@@ -6,30 +6,21 @@ shared). The optimiser is AdamW written out (``scale_by_adam``, then ``u + wd·p
 ``-lr·f(step)·u``, which is what ``optax.adamw`` computes) so that learning rate and weight
 decay are per-member arrays the grid vmaps over.
 
-Data on the device (:class:`DeviceData`): one transfer of the train and val rows; an epoch is
-one jitted call that scans over batch indices (a permutation computed in numpy and padded to
-whole batches with a mask), gathering each batch on the device. Streamed
-(:class:`StreamData`): whole cache chunks are read in groups on a prefetch thread, shuffled
-inside the group and fed to the same jitted step; host memory for embeddings stays below
-``4 · prefetch_chunks · chunk_rows · D · itemsize`` (two groups queued, one being read, one
-being batched), plus the compact labels of the sampled rows (a few bytes per row).
+The data the step eats (on the device or streamed, the batch plan, the mesh) is
+:mod:`vh.heads.data`; the files the loop writes are :mod:`vh.heads.rundir`'s.
 
-Several devices: a mesh over all devices with one axis ``data``; batches are sharded along it,
-parameters, optimiser state and the on-device data are replicated (each device holds all the
-rows it may gather). Several hosts: :func:`init_distributed` calls ``jax.distributed``; every
-host reads the same rows and builds the same global arrays.
+The step is jitted once per fit (``TRACES`` counts traces). There is no compilation cache
+across fits: one keyed on the head and objective never hit, because the objective's loss
+functions are closures built anew by every fit (measured: two fits of one config in one
+process traced the step twice).
 
 Axis legend: M grid members, S steps per epoch, B batch rows, D embedding width.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,31 +31,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
+from vh import durable
 from vh.config import TrainConfig
 from vh.errors import VhError
 from vh.heads import checkpoint as ck
+from vh.heads import rundir
+
+# the data side, importable from here as before (tests, benchmarks)
+from vh.heads.data import (  # noqa: F401
+    Batching,
+    DeviceData,
+    StreamData,
+    batch_layout,
+    device_bytes,
+    init_distributed,
+    make_mesh,
+    put,
+    replicate,
+)
 from vh.heads.losses import Objective
 from vh.heads.modules import flatten_params
-from vh.heads.sampler import epoch_order
+from vh.heads.sampler import epoch_order  # noqa: F401
+from vh.progress import Progress
 
 TRACES: Counter = Counter()  # how often each jitted function was traced (tests assert 1)
 GRID_KEYS = ("lr", "wd", "seed")
-
-_COMPILED: dict = {}
-
-
-def _compiled(key: tuple, build: Callable):
-    """Jitted functions by everything they close over (head, objective, schedule, mesh), so
-    fits that differ only in data or hyperparameters reuse one compilation."""
-    if key not in _COMPILED:
-        if len(_COMPILED) >= 64:  # a long-lived process fitting many heads: drop the oldest
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = build()
-    return _COMPILED[key]
-
 
 # --------------------------------------------------------------------------- grid
 
@@ -147,15 +140,13 @@ def member_keys(members: Sequence[Member]) -> tuple[jax.Array, jax.Array]:
 def init_state(model, members: Sequence[Member], d: int) -> dict:
     """Fresh stacked state for the grid; member m's params depend only on its seed."""
 
-    def build():  # one compilation instead of one per eager op
-        def init(keys):
-            x0 = jnp.zeros((1, d), jnp.float32)
-            params = jax.vmap(lambda k: model.init(k, x0)["params"])(keys)
-            return params, jax.vmap(_ADAM.init)(params)
+    @jax.jit  # one compilation instead of one per eager op
+    def init(keys):
+        x0 = jnp.zeros((1, d), jnp.float32)
+        params = jax.vmap(lambda k: model.init(k, x0)["params"])(keys)
+        return params, jax.vmap(_ADAM.init)(params)
 
-        return jax.jit(init)
-
-    params, opt = _compiled(("init", model, d), build)(member_keys(members)[0])
+    params, opt = init(member_keys(members)[0])
     return {
         "params": params,
         "opt": opt,
@@ -236,296 +227,6 @@ def make_eval(model, objective: Objective) -> Callable:
     return sums
 
 
-# --------------------------------------------------------------------------- devices
-
-
-def init_distributed() -> None:
-    """Join a multi-host job when the environment describes one.
-
-    ``VH_COORDINATOR`` (host:port), ``VH_NUM_PROCESSES`` and ``VH_PROCESS_ID`` are passed to
-    ``jax.distributed.initialize``; ``VH_DISTRIBUTED=1`` alone lets JAX detect the cluster
-    (SLURM, Cloud TPU). Without them this is a no-op (one host).
-    """
-    if jax.distributed.is_initialized():
-        return
-    if os.environ.get("VH_COORDINATOR"):
-        jax.distributed.initialize(
-            os.environ["VH_COORDINATOR"],
-            int(os.environ["VH_NUM_PROCESSES"]),
-            int(os.environ["VH_PROCESS_ID"]),
-        )
-    elif os.environ.get("VH_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-
-
-def make_mesh(devices: Sequence | None = None) -> Mesh:
-    """A 1-D mesh named ``data`` over ``devices`` (all devices of all hosts by default)."""
-    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
-
-
-def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Place a host array (identical on every host) as a global array with ``sharding``."""
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def replicate(tree, mesh: Mesh):
-    s = NamedSharding(mesh, P())
-    return jax.tree_util.tree_map(lambda a: put(np.asarray(a), s), tree)
-
-
-def device_bytes() -> int:
-    """Memory of one device: the accelerator's limit, or the host RAM for CPU devices."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-# --------------------------------------------------------------------------- data
-
-
-def batch_layout(requested: int, micro: int, n_train: int, n_dev: int) -> tuple[int, int]:
-    """(batch, micro-batch) rows: the batch no larger than the data, the micro-batch a multiple
-    of the device count (every micro-batch is sharded over all devices) dividing the batch.
-
-    Args:
-        requested: ``fit.train.batch_size``; micro: ``fit.train.microbatch`` (0 = the batch).
-        n_train: train rows; n_dev: devices in the mesh.
-    """
-    b = max(min(requested, n_train), 1)
-    c = min(micro or b, b)
-    c = -(-c // n_dev) * n_dev
-    return -(-b // c) * c, c
-
-
-def _micro(batch: int, micro: int) -> int:
-    """Rows per micro-batch: ``micro`` (0 = the whole batch), which must divide the batch."""
-    c = micro or batch
-    if batch % c:
-        raise VhError(
-            f"batch {batch} is not a multiple of the micro-batch {c}", field="fit.train.microbatch"
-        )
-    return c
-
-
-def _pad_batches(order: np.ndarray, batch: int, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``order`` as int32 [S, k, c] plus a mask; the last batch padded (B = k·c)."""
-    s = -(-len(order) // batch)
-    idx = np.zeros(s * batch, np.int32)
-    idx[: len(order)] = order
-    mask = np.zeros(s * batch, np.float32)
-    mask[: len(order)] = 1.0
-    return idx.reshape(s, -1, c), mask.reshape(s, -1, c)  # (S, k, c)
-
-
-class DeviceData:
-    """Train and val rows held on the device; epochs run as one scanned, jitted call.
-
-    Args:
-        x_train, y_train, x_val, y_val: host arrays (embeddings [n, D], compact labels).
-        batch: rows per step; micro: rows per micro-batch (0 = the batch; divides it, and
-            is a multiple of the device count).
-        mesh: the device mesh.
-        seed: the data-order seed; states_per_epoch: rows per epoch (0 = all train rows).
-    """
-
-    def __init__(
-        self,
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        batch: int,
-        mesh: Mesh,
-        seed: int,
-        states_per_epoch: int = 0,
-        micro: int = 0,
-    ):
-        repl = NamedSharding(mesh, P())
-        self.batch, self.mesh, self.seed = batch, mesh, seed
-        self.micro = _micro(batch, micro)
-        self.n_train, self.n_val = len(x_train), len(x_val)
-        self.rows_per_epoch = states_per_epoch or self.n_train
-        self.steps_per_epoch = -(-self.rows_per_epoch // batch)
-        self.train = {"x": put(x_train, repl), "y": put(y_train, repl)}
-        self.val = {"x": put(x_val, repl), "y": put(y_val, repl)}
-        self._epoch = self._eval = None
-
-    def bind(self, key: tuple, build: Callable) -> None:
-        """Jitted epoch and evaluation around ``build() -> (step, eval_sums)`` (cached by key)."""
-        self._epoch, self._eval = _compiled(("device", *key), lambda: self._wrap(*build()))
-
-    def _wrap(self, step: Callable, eval_sums: Callable) -> tuple[Callable, Callable]:
-        rows = NamedSharding(self.mesh, P(None, "data"))
-
-        def gather(data, i, m):  # i, m: (k, c) -> batch leaves (k, c, ...)
-            b = {"x": data["x"][i], "y": data["y"][i], "mask": m}
-            return jax.lax.with_sharding_constraint(b, rows)
-
-        def epoch(state, keys, data, idx, mask):  # idx, mask: (S, k, c)
-            def body(st, im):
-                return step(st, gather(data, *im), keys)
-
-            return jax.lax.scan(body, state, (idx, mask))
-
-        def evaluate(params, data, idx, mask):
-            def body(acc, im):
-                return acc + eval_sums(params, gather(data, *im)), None
-
-            m = jax.tree_util.tree_leaves(params)[0].shape[0]
-            return jax.lax.scan(body, jnp.zeros(m, jnp.float32), (idx, mask))[0]
-
-        return jax.jit(epoch, donate_argnums=0), jax.jit(evaluate)
-
-    def _indices(self, order: np.ndarray) -> tuple[jax.Array, jax.Array]:
-        idx, mask = _pad_batches(order, self.batch, self.micro)
-        s = NamedSharding(self.mesh, P(None, None, "data"))
-        return put(idx, s), put(mask, s)
-
-    def train_epoch(self, state, keys, epoch: int):
-        """One epoch in the order of (seed, epoch); returns (state, stats [S, M])."""
-        order = epoch_order(self.n_train, epoch, self.seed, self.rows_per_epoch)
-        return self._epoch(state, keys, self.train, *self._indices(order))
-
-    def val_sums(self, params) -> np.ndarray:
-        """Summed validation NLL per member [M] (divide by ``n_val``)."""
-        return ck.to_host(self._eval(params, self.val, *self._indices(np.arange(self.n_val))))
-
-
-class StreamData:
-    """Rows streamed from the cache in whole chunks, prefetched on a thread.
-
-    An epoch visits the chunks holding train rows in an order drawn from (seed, epoch), in
-    groups of ``prefetch`` chunks; rows are shuffled inside their group. Batches carry over
-    between groups, so an epoch has ``ceil(rows / batch)`` steps and one padded batch.
-
-    Args:
-        reader: the open cache.
-        train_rows, val_rows: sorted cache rows; y_train, y_val: their compact labels.
-        batch: rows per step; mesh: the device mesh; prefetch: chunks per read group.
-        seed: the data-order seed; states_per_epoch: 0 = all train rows; micro: rows per
-            micro-batch (see :class:`DeviceData`).
-    """
-
-    def __init__(
-        self,
-        reader,
-        train_rows,
-        y_train,
-        val_rows,
-        y_val,
-        batch: int,
-        mesh: Mesh,
-        prefetch: int,
-        seed: int,
-        states_per_epoch: int = 0,
-        micro: int = 0,
-    ):
-        self.reader, self.batch, self.mesh = reader, batch, mesh
-        self.micro = _micro(batch, micro)
-        self.train_rows, self.y_train = train_rows, y_train
-        self.val_rows, self.y_val = val_rows, y_val
-        self.n_train, self.n_val = len(train_rows), len(val_rows)
-        self.chunk = int(reader.chunk_rows)
-        self.prefetch, self.seed = max(prefetch, 1), seed
-        self.rows_per_epoch = states_per_epoch or self.n_train
-        # one pass over the train rows per n_train rows of the epoch, each ending padded
-        full, part = divmod(self.rows_per_epoch, self.n_train)
-        self.steps_per_epoch = full * -(-self.n_train // batch) + -(-part // batch)
-        self._step = self._eval = None
-
-    def bind(self, key: tuple, build: Callable) -> None:
-        """Jitted step and evaluation from ``build() -> (step, eval_sums)`` (cached by key)."""
-
-        def wrap():
-            step, eval_sums = build()
-            return jax.jit(step, donate_argnums=0), jax.jit(eval_sums)
-
-        self._step, self._eval = _compiled(("stream", *key), wrap)
-
-    def _groups(self, rows: np.ndarray, rng: np.random.Generator | None):
-        """Yield (x, positions) per group of chunks, read on a background thread."""
-        chunk_of = rows // self.chunk
-        chunks, own = np.unique(chunk_of), None
-        if rng is not None:
-            chunks = rng.permutation(chunks)
-            own = np.random.default_rng(rng.integers(1 << 63))  # the reader thread's generator
-        q: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for g in range(0, len(chunks), self.prefetch):
-                    if stop.is_set():
-                        return
-                    pos = np.flatnonzero(np.isin(chunk_of, chunks[g : g + self.prefetch]))
-                    pos = own.permutation(pos) if own is not None else pos
-                    q.put((self.reader.take(rows[pos]), pos))
-                q.put(None)
-            except BaseException as e:  # surfaced in the consumer
-                q.put(e)
-
-        thread = threading.Thread(target=produce, daemon=True)
-        thread.start()
-        try:
-            while (item := q.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:  # stopped early (epoch limit) or failed: end the reader, unblocking its put
-            stop.set()
-            while thread.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    q.get(timeout=0.05)
-
-    def _batches(self, rows, labels, rng, limit: int):
-        """Yield full batches {"x", "y", "mask"} (the last one padded), at most ``limit`` rows."""
-        sharding = NamedSharding(self.mesh, P(None, "data"))
-        carry_x, carry_p, seen = None, None, 0
-        with contextlib.closing(self._groups(rows, rng)) as groups:
-            for x, pos in groups:
-                if carry_x is not None:
-                    x, pos = np.concatenate([carry_x, x]), np.concatenate([carry_p, pos])
-                cut = min(len(x), limit - seen)
-                full = cut // self.batch * self.batch
-                for a in range(0, full, self.batch):
-                    b = slice(a, a + self.batch)
-                    yield self._device_batch(x[b], labels[pos[b]], sharding)
-                seen += full
-                carry_x, carry_p = x[full:cut], pos[full:cut]
-                if seen + len(carry_x) >= limit:
-                    break
-        if carry_x is not None and len(carry_x):
-            yield self._device_batch(carry_x, labels[carry_p], sharding)
-
-    def _device_batch(self, x, y, sharding) -> dict:
-        """A host batch padded to B rows, as (k, c, ...) micro-batches on the devices."""
-        n, pad = len(x), self.batch - len(x)
-        mask = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
-        if pad:
-            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
-        leaves = (("x", x), ("y", y), ("mask", mask))
-        return {k: put(v.reshape(-1, self.micro, *v.shape[1:]), sharding) for k, v in leaves}
-
-    def train_epoch(self, state, keys, epoch: int):
-        """One epoch in a chunk order drawn from (seed, epoch); returns (state, stats [S, M])."""
-        rng = np.random.default_rng([self.seed, epoch])
-        stats, remaining = [], self.rows_per_epoch
-        while remaining > 0:  # more states per epoch than rows: another pass, new order
-            for b in self._batches(self.train_rows, self.y_train, rng, remaining):
-                state, st = self._step(state, b, keys)
-                stats.append(st)
-            remaining -= min(remaining, self.n_train)
-        return state, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stats)
-
-    def val_sums(self, params) -> np.ndarray:
-        total = 0.0
-        for b in self._batches(self.val_rows, self.y_val, None, self.n_val):
-            total = total + self._eval(params, b)
-        return ck.to_host(total)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -550,28 +251,40 @@ class Book:
         return False
 
 
-def _kill_point(point: str, epoch: int) -> None:
-    """Test hook: ``VH_FIT_KILL=EPOCH:POINT`` SIGKILLs this process there (crash tests)."""
-    if os.environ.get("VH_FIT_KILL") == f"{epoch}:{point}":
-        os.kill(os.getpid(), 9)
+def _nonfinite(x: float) -> str:
+    return "NaN" if np.isnan(x) else "inf" if x > 0 else "-inf"
 
 
-def _check_finite(stats: dict, val_nll: np.ndarray, epoch: int, step0: int, names) -> None:
-    loss = stats["loss"]  # (S, M)
-    steps = f"steps {step0}–{step0 + len(loss) - 1} (epoch {epoch})"
-    if not np.all(np.isfinite(loss)):
-        s, m = np.argwhere(~np.isfinite(loss))[0]
+def _check_finite(
+    stats: dict, val_nll: np.ndarray, epoch: int, step0: int, names, run_dir=None
+) -> None:
+    """Stop on a non-finite train loss, train NLL or validation NLL, naming which.
+
+    A NaN must never reach the books: ``nan < best`` is False, so a NaN epoch would pass
+    silently and a run could end with a meaningless best checkpoint.
+    """
+    steps = f"steps {step0}–{step0 + len(stats['loss']) - 1} (epoch {epoch})"
+    for key, what in (("loss", "training loss"), ("nll", "training NLL")):
+        x = np.asarray(stats[key])  # (S, M)
+        if not np.all(np.isfinite(x)):
+            s, m = np.argwhere(~np.isfinite(x))[0]
+            raise VhError(
+                f"fit: non-finite {what} at step {step0 + s} of {steps}: "
+                f"{_nonfinite(x[s, m])}, member {names[m]}; the run stopped, best "
+                "checkpoints so far are kept: lower the learning rate or check the embeddings",
+                path=run_dir,
+                field=what,
+                code=3,
+            )
+    v = np.asarray(val_nll)
+    if not np.all(np.isfinite(v)):
+        m = int(np.argmax(~np.isfinite(v)))
         raise VhError(
-            f"non-finite training loss at step {step0 + s} of {steps}, member "
-            f"{names[m]}; the run stopped, best checkpoints so far are kept: lower "
-            "the learning rate or check the embeddings",
-            field="fit.train",
+            f"fit: validation NLL is {_nonfinite(v[m])} at epoch {epoch} (after {steps}), "
+            f"member {names[m]}; the run stopped, best checkpoints so far are kept",
+            path=run_dir,
+            field="validation NLL",
             code=3,
-        )
-    if not np.all(np.isfinite(val_nll)):
-        m = int(np.argmax(~np.isfinite(val_nll)))
-        raise VhError(
-            f"non-finite validation NLL after {steps}, member {names[m]}", field="fit.train", code=3
         )
 
 
@@ -604,6 +317,75 @@ def _records(
     return [*out, {**base, "step": last, "split": "val", "loss": val_nll, "nll": val_nll}]
 
 
+def _start(run_dir: Path, model, members: Sequence[Member], d: int, resume: bool):
+    """Fresh state and books, or those of the last finished epoch; metrics cut to match.
+
+    Returns:
+        (state, books, first epoch to run, metrics logs).
+    """
+    names = [m.name for m in members]
+    logs = {n: rundir.metrics_log(run_dir, n) for n in names}
+    state, books, start = init_state(model, members, d), {n: Book() for n in names}, 0
+    last = rundir.state_path(run_dir)
+    sizes = dict.fromkeys(names, 0)
+    if resume and last.exists():
+        state, meta = ck.load_state(last, state)
+        books = {n: Book(**meta["books"][n]) for n in names}
+        start, sizes = meta["epoch"], meta["metrics_size"]
+    if jax.process_index() == 0:
+        for n in names:  # drop lines of an epoch that was not finished
+            logs[n].truncate(sizes[n])
+    return state, books, start, logs
+
+
+def _keep_epoch(run_dir: Path, epoch: int, ep: dict, books: dict, logs: dict, patience: int):
+    """Update each member's books; write its metrics lines and, if better, its checkpoint.
+
+    ``ep``: ``step0``, ``stats`` (host, [S, M]), ``val_nll`` [M], ``lr`` [M], ``seconds``,
+    ``params`` (host leaves [M, ...]). A member that stopped early is skipped.
+    """
+    primary = jax.process_index() == 0
+    for i, n in enumerate(books):
+        if books[n].stopped:
+            continue
+        recs = _records(
+            epoch, ep["step0"], ep["stats"], float(ep["val_nll"][i]), float(ep["lr"][i]), i,
+            ep["seconds"],
+        )  # fmt: skip
+        improved = books[n].update(epoch, ep["val_nll"][i], patience)
+        if primary:
+            logs[n].append(recs)
+        if primary and improved:
+            flat = flatten_params(jax.tree_util.tree_map(lambda a, i=i: a[i], ep["params"]))
+            meta = {"member": n, "epoch": epoch, "val_nll": books[n].best_nll}
+            rundir.write_best(run_dir, n, flat, meta)
+
+
+def _epoch_line(epoch: int, epochs: int, ep: dict, books: dict, rows: int) -> str:
+    """The progress line of an epoch; it follows the best member."""
+    names = list(books)
+    best = min(names, key=lambda n: books[n].best_nll)
+    i, stats, s = names.index(best), ep["stats"], ep["seconds"]
+    return (
+        f"fit: epoch {epoch + 1}/{epochs} train loss "
+        f"{np.average(stats['loss'][:, i], weights=stats['count']):.4f} val nll "
+        f"{ep['val_nll'][i]:.4f} (best: {best} {books[best].best_nll:.4f} at epoch "
+        f"{books[best].best_epoch + 1}) {rows / s:,.0f} rows/s {s:.1f}s"
+    )
+
+
+PROGRESS_EVERY = 3.0  # seconds between progress lines inside an epoch or a validation
+
+
+def _progress(label: str, rows: int, log, primary: bool) -> Progress:
+    """Rows/s and ETA inside a long epoch or validation: the first line after
+    ``PROGRESS_EVERY`` seconds (a short one prints nothing), then one every as many; only
+    the primary process prints."""
+    return Progress(
+        rows, label, every=PROGRESS_EVERY, delay=PROGRESS_EVERY, log=log if primary else None
+    )
+
+
 def train(
     run_dir,
     model,
@@ -624,98 +406,64 @@ def train(
     improves; then ``last/state.safetensors`` (the whole state and the bookkeeping), written
     last, so a run killed at any point resumes from the last finished epoch and ends with the
     same checkpoints as an uninterrupted one. A member that stopped early keeps training in
-    the stack (it shares the batches) but its later epochs are ignored.
+    the stack (it shares the batches) but its later epochs are ignored. Crash tests kill the
+    process at ``fit:trained``, ``fit:best`` and ``fit:last`` (``VH_FAILPOINT=fit:best:2``:
+    after the second epoch's checkpoints; see :func:`vh.durable.kill_point`).
 
     Args:
         run_dir: the run dir (``members/`` and ``last/`` are written here).
         model, objective: the head and its losses.
         members: the grid.
-        tcfg: train options (epochs, patience, seeds).
-        data: :class:`DeviceData` or :class:`StreamData`.
+        tcfg: train options (epochs, patience, schedule).
+        data: :class:`~vh.heads.data.DeviceData` or :class:`~vh.heads.data.StreamData`.
         d: embedding width.
         mesh: the device mesh.
         resume: continue from ``last/`` when it exists.
-        log: called with one progress line per epoch.
+        log: called with one progress line per epoch, and inside a long epoch or validation
+            with rows/s and ETA every few seconds (:func:`_progress`).
 
     Returns:
         The final :class:`Book` of each member.
     """
     run_dir = Path(run_dir)
     primary = jax.process_index() == 0  # multi-host: one process writes
-    names = [m.name for m in members]
     factor = lr_factor(tcfg, tcfg.epochs * data.steps_per_epoch)
     factor_at = jax.jit(factor)  # for the metrics lines
-    key = (
-        model,
-        objective,
-        tcfg.schedule,
-        tcfg.warmup_steps,
-        tcfg.epochs * data.steps_per_epoch,
-        mesh,
-    )
-    data.bind(key, lambda: (make_step(model, objective, factor), make_eval(model, objective)))
-    logs = {n: ck.MetricsLog(run_dir / "members" / n / "metrics.jsonl") for n in names}
+    data.bind(make_step(model, objective, factor), make_eval(model, objective))
     keys = replicate(member_keys(members)[1], mesh)
-
-    # ---- start, or resume from the last finished epoch
-    state, books, start = init_state(model, members, d), {n: Book() for n in names}, 0
-    last = run_dir / "last" / "state.safetensors"
-    if resume and last.exists():
-        state, meta = ck.load_state(last, state)
-        books = {n: Book(**meta["books"][n]) for n in names}
-        start = meta["epoch"]
-    for n in names:  # drop lines of an epoch that was not finished
-        if primary:
-            logs[n].truncate(meta["metrics_size"][n] if start else 0)
+    state, books, start, logs = _start(run_dir, model, members, d, resume)
     state = replicate(state, mesh)
+    names = list(books)
 
-    # ---- epochs
     for epoch in range(start, tcfg.epochs):
         if all(b.stopped for b in books.values()):
             break
         t0 = time.perf_counter()
         step0 = int(ck.to_host(state["step"]))
-        state, stats = data.train_epoch(state, keys, epoch)
-        _kill_point("trained", epoch)
-        val_nll = data.val_sums(state["params"]) / max(data.n_val, 1)
+        bar = _progress(f"fit: epoch {epoch + 1}/{tcfg.epochs}", data.rows_per_epoch, log, primary)
+        state, stats = data.train_epoch(state, keys, epoch, progress=bar)
+        durable.kill_point("fit:trained")
+        bar = _progress("fit: validation", data.n_val, log, primary)
+        val_nll = data.val_sums(state["params"], progress=bar) / max(data.n_val, 1)
         stats = jax.tree_util.tree_map(ck.to_host, stats)
-        _check_finite(stats, val_nll, epoch, step0, names)
-        seconds = time.perf_counter() - t0
-        lr = ck.to_host(state["lr"]) * float(factor_at(step0 + len(stats["count"]) - 1))
-        params = jax.tree_util.tree_map(ck.to_host, state["params"])  # (M, ...) leaves
-        for i, n in enumerate(names):
-            if books[n].stopped:
-                continue
-            recs = _records(epoch, step0, stats, float(val_nll[i]), float(lr[i]), i, seconds)
-            improved = books[n].update(epoch, val_nll[i], tcfg.patience)
-            if primary:
-                logs[n].append(recs)
-            if primary and improved:
-                flat = flatten_params(jax.tree_util.tree_map(lambda a, i=i: a[i], params))
-                ck.save_tensors(
-                    run_dir / "members" / n / "best.safetensors",
-                    flat,
-                    {"member": n, "epoch": epoch, "val_nll": books[n].best_nll},
-                )
-        _kill_point("best", epoch)
+        _check_finite(stats, val_nll, epoch, step0, names, run_dir)
+        ep = {
+            "step0": step0,
+            "stats": stats,
+            "val_nll": val_nll,
+            "seconds": time.perf_counter() - t0,
+            "lr": ck.to_host(state["lr"]) * float(factor_at(step0 + len(stats["count"]) - 1)),
+            "params": jax.tree_util.tree_map(ck.to_host, state["params"]),  # (M, ...) leaves
+        }
+        _keep_epoch(run_dir, epoch, ep, books, logs, tcfg.patience)
+        durable.kill_point("fit:best")
         if primary:
-            ck.save_state(
-                last,
-                state,
-                {
-                    "epoch": epoch + 1,
-                    "books": {n: vars(b) for n, b in books.items()},
-                    "metrics_size": {n: logs[n].size() for n in names},
-                },
-            )
-        _kill_point("last", epoch)
-        best = min(names, key=lambda n: books[n].best_nll)  # the line follows the best member
-        i = names.index(best)
-        log(
-            f"fit: epoch {epoch + 1}/{tcfg.epochs} train loss "
-            f"{np.average(stats['loss'][:, i], weights=stats['count']):.4f} val nll "
-            f"{val_nll[i]:.4f} (best: {best} {books[best].best_nll:.4f} at epoch "
-            f"{books[best].best_epoch + 1}) {data.rows_per_epoch / seconds:,.0f} rows/s "
-            f"{seconds:.1f}s"
-        )
+            meta = {
+                "epoch": epoch + 1,
+                "books": {n: vars(b) for n, b in books.items()},
+                "metrics_size": {n: logs[n].size() for n in names},
+            }
+            ck.save_state(rundir.state_path(run_dir), state, meta)
+        durable.kill_point("fit:last")
+        log(_epoch_line(epoch, tcfg.epochs, ep, books, data.rows_per_epoch))
     return books

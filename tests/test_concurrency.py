@@ -3,9 +3,10 @@
 The first command is a real process. Once it holds its lock it is frozen with SIGSTOP, so it is
 certainly still "running" when the second command (in-process, through the CLI) tries the same
 output: that one must refuse with one line naming the lock, exit code 3, and touch nothing.
-Then the first is killed with SIGKILL, leaving its lock behind: the next command must recover
-it safely (extract: a stale ``extract.lock`` of a dead pid is removed with a message; fit: the
-kernel dropped the ``flock``) and finish.
+Then the first is killed with SIGKILL, leaving its lock file behind: the next command must
+recover it safely and finish. Both commands use the one lock of vh.durable (an ``flock`` the
+kernel drops with its process, plus a JSON record of the holder for the message; a record of a
+dead pid is replaced with a message) and delete the lock file when they finish.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def test_second_fit_refused_then_dead_holder_recovered(tiny, tmp_path):
     args = ["fit", "--cache", tiny["cache"], "--out", out, "--head", "ordinal", "--arch",
             "probe", "--config", TINY, *FIT_SETS]  # fmt: skip
     lock = out / "lock"
-    first = _start(args, lambda p: lock.is_file() and lock.read_text().startswith(f"pid {p.pid}"))
+    first = _start(args, lambda p: lock.is_file() and f'"pid": {p.pid}' in lock.read_text())
     _refused(args, "lock", "another vh fit", str(first.pid))
     _kill(first)
     run_ok(args)  # the flock died with its process
+    assert not lock.exists()  # released: deleted by the finished fit
     want = (tiny["run"] / "members" / "m000" / "best.safetensors").read_bytes()
     assert (out / "members" / "m000" / "best.safetensors").read_bytes() == want

@@ -9,8 +9,8 @@ give the same shards byte for byte and the same metadata.db rows (only ``created
 session table differs between any two runs).
 
 fit: a real `python -m vh fit` process (JAX does not survive a fork) SIGKILLed at the
-``VH_FIT_KILL=EPOCH:POINT`` hook of heads/train.py (after an epoch's training, after its best
-checkpoints were written, after the last-state checkpoint) or by a timer, which also lands
+``VH_FAILPOINT=fit:POINT:K`` kill points of heads/train.py (vh.durable.kill_point: the K-th
+epoch's training done, its best checkpoints written, its last-state checkpoint written) or by a timer, which also lands
 inside checkpoint writes; the rerun (in-process) must finish with the best checkpoints of an
 uninterrupted run, byte for byte.
 """
@@ -133,9 +133,9 @@ def _bests(run: Path) -> dict[str, bytes]:
 
 
 def _killed_then_resumed(cache: Path, out: Path, kill) -> None:
-    """One fit SIGKILLed at ``kill`` (a hook "EPOCH:POINT", or seconds), then a full rerun."""
+    """One fit SIGKILLed at ``kill`` (a kill point "fit:POINT:K", or seconds), then a rerun."""
     if isinstance(kill, str):
-        p = subprocess.run(_fit_cmd(cache, out), env=_env(VH_FIT_KILL=kill), capture_output=True,
+        p = subprocess.run(_fit_cmd(cache, out), env=_env(VH_FAILPOINT=kill), capture_output=True,
                            text=True, timeout=300)  # fmt: skip
         assert p.returncode == -signal.SIGKILL, (kill, p.stderr[-2000:])
     else:
@@ -160,14 +160,14 @@ def _fit_kills(tiny, tmp_path: Path, kills: list) -> None:
 
 
 def test_fit_kill_resume_same_best(tiny, tmp_path):
-    # the points tests/test_heads_fit.py does not kill at (it does 1:trained and 2:best)
-    _fit_kills(tiny, tmp_path, ["0:best", "1:last", "2:trained"])
+    # the points tests/test_heads_fit.py does not kill at (it does trained:2 and best:3)
+    _fit_kills(tiny, tmp_path, ["fit:best:1", "fit:last:2", "fit:trained:3"])
 
 
 @pytest.mark.slow
 def test_fit_kill_resume_same_best_many(tiny, tmp_path):
     rng = random.Random(0)
-    hooks = [f"{e}:{p}" for e in range(3) for p in ("trained", "best", "last")]
+    hooks = [f"fit:{p}:{k}" for k in (1, 2, 3) for p in ("trained", "best", "last")]
     _fit_kills(tiny, tmp_path, hooks + [rng.uniform(0.3, 1.0) for _ in range(12)])
 
 

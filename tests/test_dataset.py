@@ -72,6 +72,8 @@ def records(rows: dict[str, np.ndarray], dtype: np.dtype, seed: int = 1) -> np.n
     arr["run_id"] = rows["run_id"]
     arr[_name(dtype, "step_index", "step_idx")] = rows["step_index"]
     arr[_name(dtype, "move_dir", "move")] = rows["move"]
+    if "ev_legal" in dtype.names:  # a 4-bit mask: junk above 15 is refused by the reader
+        arr["ev_legal"] &= 15
     if "exps" in dtype.names:
         arr["exps"] = rows["exps"]
     else:
@@ -82,15 +84,26 @@ def records(rows: dict[str, np.ndarray], dtype: np.dtype, seed: int = 1) -> np.n
     return arr
 
 
+def least_score(exps: np.ndarray) -> int:
+    """Least score that built a board: a 2**e tile (e >= 2) took (e - 2) * 2**e from 4s."""
+    e = np.asarray(exps, np.int64)
+    return int(np.where(e >= 2, (e - 2) * 2**e, 0).sum())
+
+
 def run_meta(rows: dict[str, np.ndarray]) -> dict[int, dict[str, int]]:
-    """Per run: steps (row count), score, highest tile (2**max exponent), seed."""
+    """Per run: steps (row count), score, highest tile (2**max exponent), seed.
+
+    The score is one the run's states allow: at least what its last board and its highest
+    tile took to build, at most what 16 highest tiles built from 2s would have scored.
+    """
     meta = {}
     for rid in dict.fromkeys(rows["run_id"].tolist()):
         sel = rows["run_id"] == rid
         top = int(rows["exps"][sel].max())
+        least = max(least_score(rows["exps"][sel][-1]), least_score([top]))
         meta[rid] = {
             "steps": int(sel.sum()),
-            "score": 1000 * rid + 17,
+            "score": min(least + 1000 * rid + 17, 16 * max(top - 1, 0) * 2**top),
             "highest_tile": 2**top,
             "seed": 500 + rid,
         }
@@ -234,17 +247,12 @@ def test_65536_tile_decoded_from_the_mask_and_checked_against_the_vocab(tmp_path
 
 def test_selfplay_exponent_above_the_codec_is_refused_without_a_vocab(tmp_path):
     rows = plant()
+    meta = run_meta(rows)  # before the 20: metadata.db itself holds no impossible tile
     rows["exps"][9, 4] = 20
-    root = write_dataset(tmp_path, rows, formats.SELFPLAY, meta=_meta_with_tile(rows, 9, 20))
+    root = write_dataset(tmp_path, rows, formats.SELFPLAY, meta=meta)
     vh_error(
         lambda: open_dataset(root).validate(), root / "steps.npy", "exps", "row 9", "exponent 20"
     )
-
-
-def _meta_with_tile(rows, row, e):
-    meta = run_meta(rows)
-    meta[int(rows["run_id"][row])]["highest_tile"] = 2**e
-    return meta
 
 
 def test_shards_are_ordered_by_number_and_read_across_boundaries(tmp_path):
@@ -529,9 +537,9 @@ def test_not_a_database(tmp_path):
 
 
 def test_locked_database(tmp_path, monkeypatch):
-    import vh.extract.dataset as D
+    import vh.extract.metadata as M
 
-    monkeypatch.setattr(D, "_DB_TIMEOUT_S", 0.05)  # do not wait 5 s for the lock in a test
+    monkeypatch.setattr(M, "_DB_TIMEOUT_S", 0.05)  # do not wait 5 s for the lock in a test
     root = write_dataset(tmp_path, plant())
     writer = sqlite3.connect(root / "metadata.db", isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")

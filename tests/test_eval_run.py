@@ -15,7 +15,7 @@ from vh.cli import main
 from vh.config import EvalConfig, load_config
 from vh.errors import VhError
 from vh.eval import run as E
-from vh.eval.report import load_predictions
+from vh.eval.predictions import load_predictions
 from vh.heads.api import fit, load_run
 
 TILES = np.array([512, 1024, 2048, 4096])
@@ -137,8 +137,17 @@ def test_report_names_the_trunk_head_and_labels_the_baseline(runs):
     assert metrics["winner"] == "probe"  # far more signal than the one-hot baseline
     md = (out / "report.md").read_text()
     assert "baseline (baseline)" in md and "tiles (baseline)" in md and "common to all runs" in md
-    assert (out / "runs" / "probe" / "members" / "m001" / "metrics.jsonl").is_file()
-    assert (out / "plots" / "probe_curves.png").is_file()
+    # the cited curves are the fit's: the copied metrics.jsonl's lowest validation NLL is the
+    # member's best in the copied summary.json
+    run = out / "runs" / "probe"
+    summary = json.loads((run / "summary.json").read_text())
+    lines = (run / "members" / "m001" / "metrics.jsonl").read_text().splitlines()
+    val = [r for r in map(json.loads, lines) if r["split"] == "val"]
+    best = min(val, key=lambda r: r["nll"])
+    assert best["nll"] == pytest.approx(summary["members"]["m001"]["best_val_nll"], rel=1e-6)
+    assert best["epoch"] == summary["members"]["m001"]["best_epoch"]
+    png = (out / "plots" / "probe_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000  # a drawn plot, not a stub
     assert metrics["runs"]["probe"]["grid_val_nll"] and metrics["runs"]["tiles"]["temperature"]
 
 
@@ -183,7 +192,8 @@ def test_runs_of_different_datasets_are_refused():
 
 
 def test_return_head_is_scored_in_raw_units(runs, tmp_path):
-    from vh.heads.targets import build_labels, muzero_h_inv
+    from vh.heads.targets import soft_labels, target_values
+    from vh.transforms import muzero_h_inv
 
     dirs, _, _ = runs
     run = tmp_path / "ret"
@@ -194,7 +204,8 @@ def test_return_head_is_scored_in_raw_units(runs, tmp_path):
     head, reader = load_run(run), open_cache(dirs["trunk_cache"])
     rows = np.load(run / "sampling.npz")["test_rows"]  # one run: every own test state, in order
     p = head.predict(reader.take(rows))  # (n, C) probabilities over h(return) bins
-    labels = build_labels(head.spec, reader, rows)
+    labels = target_values("return", reader, rows)  # the fit's label sources
+    labels["y"] = soft_labels(labels["value"], head.spec)  # and its soft labels
     np.testing.assert_allclose(pred.out["ret"], labels["ret"], rtol=1e-6)
     np.testing.assert_allclose(
         pred.out["value"], muzero_h_inv(p @ head.spec.bin_centers), rtol=1e-4

@@ -16,11 +16,16 @@ from vh.cache.writer import write_cache_from_arrays
 from vh.config import load_config
 from vh.errors import VhError
 from vh.heads.api import fit, load_run
-from vh.heads.targets import build_labels
+from vh.heads.targets import target_values, train_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 TILES = np.array([512, 1024, 2048, 4096])  # class c of a run -> its highest tile
 THRESHOLDS = "fit.target.thresholds=[1024, 2048, 4096]"
+
+
+def _labels(spec, reader, rows):
+    """The labels the fit trains on, for these cache rows."""
+    return train_targets(spec, target_values(spec.kind, reader, rows))
 
 
 def _cache(path, x, cls, *, states_per_run=1, ret=None, chunk_rows=4096):
@@ -76,7 +81,7 @@ def test_planted_ordinal_probe_matches_true_model(tmp_path):
     )
     rows = _test_rows(run)
     reader = open_cache(cache)
-    y = build_labels(load_run(run).spec, reader, rows)["y"]
+    y = _labels(load_run(run).spec, reader, rows)
     q_fit = load_run(run).predict(reader.take(rows))
 
     def nll(p):  # mean BCE over thresholds, by hand
@@ -111,7 +116,7 @@ def test_planted_categorical_head_matches_true_model(tmp_path):
     )
     rows = _test_rows(run)
     reader = open_cache(cache)
-    c = build_labels(load_run(run).spec, reader, rows)["y"]
+    c = _labels(load_run(run).spec, reader, rows)
     np.testing.assert_array_equal(c, cls[rows])  # the labels are the planted classes
     p_fit = load_run(run).predict(reader.take(rows))
     nll_fit = -np.mean(np.log(p_fit[np.arange(len(c)), c]))
@@ -243,9 +248,9 @@ def test_refusals(small_cache, tmp_path):
         fit(_cfg("fit.train.epochs=1", "fit.train.lr=0.1"), small_cache, run, **quiet)
     assert e.value.field == "fit.train.lr"
     fit(_cfg("fit.train.epochs=1", "fit.train.lr=0.1"), small_cache, run, resume=False, **quiet)
-    from vh.heads.checkpoint import RunLock
+    from vh.heads import rundir
 
-    with RunLock(run), pytest.raises(VhError, match="another vh fit"):
+    with rundir.lock(run), pytest.raises(VhError, match="another vh fit"):
         fit(_cfg("fit.train.epochs=1", "fit.train.lr=0.1"), small_cache, run, **quiet)
 
 
@@ -279,11 +284,11 @@ def test_kill_then_resume_gives_the_same_best_checkpoints(small_cache, tmp_path)
     cmd = [sys.executable, "-m", "vh", "fit", "--cache", str(small_cache), "--grid", "lr=1e-3,1e-2"]
     cmd += [a for s in KILL_SETS for a in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for point in ("1:trained", "2:best"):
+    for point in ("fit:trained:2", "fit:best:3"):  # after epoch 2's training, epoch 3's best
         run = tmp_path / point.replace(":", "_")
         p = subprocess.run(
             [*cmd, "--out", str(run)],
-            env={**env, "VH_FIT_KILL": point},
+            env={**env, "VH_FAILPOINT": point},
             capture_output=True,
             text=True,
         )
@@ -355,21 +360,16 @@ def test_cli_smoke(small_cache, tmp_path):
 
 @pytest.mark.slow
 def test_bench_fit_runs_and_writes_its_section(tmp_path):
-    from vh.bench_fit import run_bench
+    from vh.bench.fit import run_bench
+    from vh.bench.report import replace_section
     from vh.config import Config
 
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n\n## extract\n\nkept\n")
     text = run_bench(
-        Config().fit,
-        rows=20_000,
-        dim=32,
-        cache=None,
-        rounds=1,
-        seed_batch=16,
-        mlp_rows=4096,
-        md=str(md),
-    )
+        Config().fit, rows=20_000, dim=32, cache=None, rounds=1, seed_batch=16, mlp_rows=4096
+    ).text
+    replace_section(md, "fit", text)
     assert text.startswith("## fit") and "Goals:" in text
     doc = md.read_text()
     assert "## extract\n\nkept" in doc and doc.count("## fit") == 1

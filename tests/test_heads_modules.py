@@ -80,3 +80,35 @@ def test_hash_dropout_rate_scale_and_fresh_masks():
     assert abs(kept.mean(0).std() - np.sqrt(0.09 / 512)) < 0.004  # columns alike, no stripes
     agree = (kept == (np.asarray(y2) > 0)).mean()
     assert abs(agree - (0.81 + 0.01)) < 0.01  # another key: an independent mask
+
+
+def _mlp_numpy(x, flat, gelu):
+    """LayerNorm (no scale/bias, eps 1e-6, biased variance) -> Linear -> GELU -> Linear."""
+    x = np.asarray(x, np.float64)
+    n = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-6)
+    h = gelu(n @ flat["hidden.kernel"] + flat["hidden.bias"])
+    return h @ flat["out.kernel"] + flat["out.bias"]
+
+
+def _gelu_tanh(z):
+    return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+
+
+def _gelu_erf(z):
+    from scipy import special
+
+    return 0.5 * z * (1 + special.erf(z / np.sqrt(2)))
+
+
+def test_mlp_forward_is_the_numpy_formula_with_tanh_gelu():
+    spec = TargetSpec("tiles", (2, 4), 3, "class")
+    model = make_head("mlp", spec, HeadConfig(hidden=32, dropout=0.5, small_init=False))
+    flat = {
+        k: np.asarray(v, np.float64)
+        for k, v in flatten_params(model.init(jax.random.PRNGKey(5), X)["params"]).items()
+    }
+    got = np.asarray(model.apply({"params": unflatten_params(flat)}, X, train=False))
+    err_tanh = np.abs(got - _mlp_numpy(X, flat, _gelu_tanh)).max()
+    err_erf = np.abs(got - _mlp_numpy(X, flat, _gelu_erf)).max()
+    # float32 rounding only; the tanh approximation (flax's default), not the exact erf GELU
+    assert err_tanh < 2e-5 and err_erf > 10 * err_tanh, (err_tanh, err_erf)

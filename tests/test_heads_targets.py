@@ -1,5 +1,5 @@
 """Targets: the MuZero transform, two-hot and Gaussian encodings, the outside rule, specs,
-and labels joined from the runs table."""
+and labels joined from the runs table (train and eval labels of each kind)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +11,8 @@ from vh.config import TargetConfig
 from vh.errors import VhError
 from vh.heads.targets import (
     TargetSpec,
-    build_labels,
     count_outside,
+    get,
     make_spec,
     muzero_h,
     muzero_h_inv,
@@ -122,23 +122,40 @@ class _Reader:
 
 def test_labels_join_the_runs_table():
     r = _Reader(np.array([7, 7, 3, 9, 9]), ret=np.array([0.0, 10.0, 3.0, 1e4, 2.0], np.float32))
-    rows = np.array([4, 0, 2])  # runs 9, 7, 3
-    spec = make_spec(TargetConfig(thresholds=(1024, 2048, 4096)))
-    lab = build_labels(spec, r, rows)
-    np.testing.assert_array_equal(lab["y"], [[1, 1, 1], [1, 1, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(lab["highest_tile"], [8192, 2048, 512])
-    tiles = make_spec(TargetConfig(kind="tiles", thresholds=(1024, 2048, 4096)))
-    np.testing.assert_array_equal(build_labels(tiles, r, rows)["y"], [3, 2, 0])
-    assert train_targets(tiles, target_values("tiles", r, rows)).dtype == np.int32
+    rows = np.array([4, 0, 2])  # runs 9, 7, 3: highest tiles 8192, 2048, 512
+    T = (1024, 2048, 4096)
+    spec = make_spec(TargetConfig(thresholds=T))
+    v = target_values("ordinal", r, rows)
+    np.testing.assert_array_equal(v["highest_tile"], [8192, 2048, 512])
+    np.testing.assert_array_equal(v["final_score"], [70000, 5000, 100])
+    y = train_targets(spec, v)
+    assert y.dtype == np.uint8
+    np.testing.assert_array_equal(y, [[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    # eval scores the head against the same labels (one implementation)
+    np.testing.assert_array_equal(get("ordinal").eval_labels(v, np.array(T), {}), y)
+
+    tiles = make_spec(TargetConfig(kind="tiles", thresholds=T))
+    y = train_targets(tiles, target_values("tiles", r, rows))
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, [3, 2, 0])
+    np.testing.assert_array_equal(get("tiles").eval_labels(v, np.array(T), {}), [3, 2, 0])
+
     ls = make_spec(TargetConfig(kind="logscore", n_bins=16, bin_range=(0.0, 12.0)))
-    lab = build_labels(ls, r, rows)
-    np.testing.assert_allclose(lab["score"], np.log1p([70000, 5000, 100]))
-    np.testing.assert_allclose(lab["y"] @ ls.bin_centers, lab["score"], rtol=1e-6)
+    v = target_values("logscore", r, rows)
+    np.testing.assert_allclose(v["value"], np.log1p([70000, 5000, 100]))
+    y = train_targets(ls, v)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(soft_labels(y, ls) @ ls.bin_centers, v["value"], rtol=1e-6)
+    # eval: the hard bin holding log1p(score); bins are 0.8 wide around 0, 0.8, …, 12
+    bins = get("logscore").eval_labels(v, np.array(T), {"bin_edges": ls.bin_edges})
+    np.testing.assert_array_equal(bins, np.round(np.log1p([70000, 5000, 100]) / 0.8))
+
     rt = make_spec(TargetConfig(kind="return", return_bins=51, bin_range=(0.0, 120.0)))
-    lab = build_labels(rt, r, rows)
-    np.testing.assert_allclose(lab["ret"], [2.0, 0.0, 3.0])
-    np.testing.assert_allclose(lab["ret_h"], muzero_h(np.array([2.0, 0.0, 3.0])))
-    np.testing.assert_allclose(lab["y"] @ rt.bin_centers, lab["ret_h"], rtol=1e-6, atol=1e-6)
+    v = target_values("return", r, rows)
+    np.testing.assert_allclose(v["ret"], [2.0, 0.0, 3.0])
+    np.testing.assert_allclose(v["value"], muzero_h(np.array([2.0, 0.0, 3.0])))
+    y = soft_labels(train_targets(rt, v), rt)
+    np.testing.assert_allclose(y @ rt.bin_centers, v["value"], rtol=1e-6, atol=1e-6)
 
 
 def test_labels_refuse_unknown_runs_and_a_missing_return_column():

@@ -36,29 +36,26 @@ def _data(n=1000, d=5, seed=0):
 def _train(tmp, members, tcfg, x, y, model=PROBE, mesh=None, stream=False, micro=0):
     mesh = mesh or T.make_mesh()
     n_val = len(x) // 5
+    batching = T.Batching(tcfg.batch_size, micro, tcfg.seed)
     if stream:
         data = T.StreamData(
-            _Reader(x),
-            np.arange(n_val, len(x)),
-            y[n_val:],
-            np.arange(n_val),
-            y[:n_val],
-            tcfg.batch_size,
-            mesh,
-            2,
-            tcfg.seed,
-            micro=micro,
+            reader=_Reader(x),
+            train_rows=np.arange(n_val, len(x)),
+            y_train=y[n_val:],
+            val_rows=np.arange(n_val),
+            y_val=y[:n_val],
+            batching=batching,
+            mesh=mesh,
+            prefetch=2,
         )
     else:
         data = T.DeviceData(
-            x[n_val:],
-            y[n_val:],
-            x[:n_val],
-            y[:n_val],
-            tcfg.batch_size,
-            mesh,
-            tcfg.seed,
-            micro=micro,
+            x_train=x[n_val:],
+            y_train=y[n_val:],
+            x_val=x[:n_val],
+            y_val=y[:n_val],
+            batching=batching,
+            mesh=mesh,
         )
     books = T.train(tmp, model, OBJ, members, tcfg, data, x.shape[1], mesh=mesh, log=lambda s: None)
     return books, data
@@ -87,7 +84,6 @@ def _best(tmp, name):
 def test_step_traces_once_across_full_and_padded_batches(tmp_path, stream):
     x, y = _data(n=1000)  # 800 train rows, batch 96: 8 full batches + one padded (32 rows)
     T.TRACES.clear()
-    T._COMPILED.clear()  # compile afresh, to count
     tcfg = TrainConfig(batch_size=96, epochs=3, patience=5)
     books, data = _train(tmp_path, T.make_members(tcfg), tcfg, x, y, stream=stream)
     assert T.TRACES["step"] == 1
@@ -154,8 +150,12 @@ def test_batch_layout():
     assert T.batch_layout(65536, 4096, 1000, 1) == (1000, 1000)  # no larger than the data
     assert T.batch_layout(1000, 300, 10**6, 4) == (1200, 300)  # whole micro-batches
     assert T.batch_layout(1000, 0, 10**6, 3) == (1002, 1002)  # sharded over 3 devices
-    with pytest.raises(VhError):
-        T.DeviceData(*_data(n=10), *_data(n=10), 8, T.make_mesh(), 0, micro=3)
+    with pytest.raises(VhError, match="not a multiple of the micro-batch 3"):
+        T.Batching(batch=8, micro=3)
+    # the plan: the configured batch clamped to the train rows, recorded as asked and used
+    b = T.Batching.plan(requested=4096, micro=0, n_train=1000, n_dev=1, seed=7)
+    assert (b.batch, b.micro, b.seed) == (1000, 1000, 7)
+    assert b.record() == {"requested": 4096, "used": 1000, "micro": 1000}
 
 
 def test_parse_grid_and_members():
@@ -204,15 +204,14 @@ def test_streaming_visits_every_train_row_once_per_epoch():
     x, _ = _data(n=700)
     pos = np.arange(700, dtype=np.int32)  # labels = positions, to see which rows come
     data = T.StreamData(
-        _Reader(x, chunk_rows=50),
-        np.arange(700) * 1,
-        pos,
-        np.arange(0),
-        pos[:0],
-        64,
-        T.make_mesh(),
-        3,
-        seed=0,
+        reader=_Reader(x, chunk_rows=50),
+        train_rows=np.arange(700) * 1,
+        y_train=pos,
+        val_rows=np.arange(0),
+        y_val=pos[:0],
+        batching=T.Batching(64, seed=0),
+        mesh=T.make_mesh(),
+        prefetch=3,
     )
     rng = np.random.default_rng(0)
     seen = [

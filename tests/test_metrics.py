@@ -32,11 +32,16 @@ def _int_weights(rng, n):
     return rng.integers(0, 4, n)
 
 
-def test_bce_and_binary_nll_match_log_loss(rng):
+def _mean_bce(q, y, w=None):
+    """What the report's NLL of one threshold is: the (weighted) mean of the per-row bce."""
+    return float(M.weighted_mean(M.bce(q=q, y=y), weights=w))
+
+
+def test_bce_matches_log_loss(rng):
     q, y = _binary(rng)
     w = rng.uniform(0.1, 3.0, q.size)
-    assert abs(M.binary_nll(q=q, y=y) - skm.log_loss(y, q)) < TOL
-    assert abs(M.binary_nll(q=q, y=y, weights=w) - skm.log_loss(y, q, sample_weight=w)) < TOL
+    assert abs(_mean_bce(q, y) - skm.log_loss(y, q)) < TOL
+    assert abs(_mean_bce(q, y, w) - skm.log_loss(y, q, sample_weight=w)) < TOL
 
 
 def test_categorical_nll_matches_log_loss_hard_and_soft(rng):
@@ -224,7 +229,7 @@ def test_integer_weights_equal_repeated_rows(rng):
     qr, yr = q[rep], y[rep]
     x = rng.normal(size=n).round(1)
     pairs = [
-        (M.binary_nll(q=q, y=y, weights=w), M.binary_nll(q=qr, y=yr)),
+        (_mean_bce(q, y, w), _mean_bce(qr, yr)),
         (M.brier_score(q=q, y=y, weights=w), M.brier_score(q=qr, y=yr)),
         (M.auroc(score=q, y=y, weights=w), M.auroc(score=qr, y=yr)),
         (M.ece(p=q, y=y, weights=w), M.ece(p=qr, y=yr)),
@@ -261,3 +266,45 @@ def test_bucket_index_and_expected_score():
     assert M.expected_score(q=q, medians=medians)[0] == 20.0
     q = np.array([[0.5, 0.5, 0.5]])  # half bucket 0, half bucket 3: (6 + 100) / 2 by hand
     assert abs(M.expected_score(q=q, medians=medians)[0] - 53.0) < TOL
+
+
+# --------------------------------------------------------------------------- documented conventions
+
+
+def _mass_levels_by_hand(x, w, bins):
+    """The documented equal-mass rule, by a loop: inner edge b (b = 1..bins-1) is the first
+    sorted value whose cumulative weight exceeds ``b / bins`` of the total; a value's bin is
+    the number of inner edges at or below it (ties share a bin, some bins may stay empty)."""
+    order = np.argsort(x, kind="stable")
+    xs, cw = x[order], np.cumsum(w[order])
+    edges = []
+    for b in range(1, bins):
+        i = next((j for j in range(xs.size) if cw[j] > cw[-1] * b / bins), xs.size - 1)
+        edges.append(xs[i])
+    return np.array([sum(e <= v for e in edges) for v in x])
+
+
+def test_ece_equal_mass_bins_follow_the_documented_rule_with_ties_and_weights(rng):
+    n, bins = 203, 7  # n not a multiple of bins, heavy ties, uneven weights
+    p = np.round(rng.uniform(size=n), 1)
+    y = (rng.uniform(size=n) < p).astype(float)
+    w = rng.integers(1, 5, n).astype(float)
+    lv = _mass_levels_by_hand(p, w, bins)
+    assert np.array_equal(M.calibration_bins(p=p, bins=bins, strategy="mass", weights=w), lv)
+    ref = (
+        sum(abs((w[m] * p[m]).sum() - (w[m] * y[m]).sum()) for m in (lv == b for b in range(bins)))
+        / w.sum()
+    )
+    assert abs(M.ece(p=p, y=y, bins=bins, strategy="mass", weights=w) - ref) < TOL
+
+
+def test_non_monotone_bucket_probabilities_sum_to_one_and_follow_the_clip_rule():
+    q = np.array([[0.8, 0.3, 0.5, 0.1], [0.9, 0.7, 0.4, 0.2]])  # row 0 rises at k = 3
+    raw = np.c_[1 - q[:, :1], q[:, :-1] - q[:, 1:], q[:, -1:]]  # p0 = 1 - q1, q_i - q_{i+1}, q_K
+    np.testing.assert_allclose(raw.sum(1), 1.0, atol=TOL)  # the raw differences telescope to 1
+    assert raw[0, 2] == pytest.approx(-0.2)
+    p = M.buckets_from_q(q)
+    # documented rule: negatives clipped to 0, the row renormalised; monotone rows untouched
+    np.testing.assert_allclose(p[0], np.array([0.2, 0.5, 0.0, 0.4, 0.1]) / 1.2, atol=TOL)
+    np.testing.assert_allclose(p[1], raw[1], atol=TOL)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=TOL)

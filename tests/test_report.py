@@ -16,15 +16,21 @@ from vh.eval import bootstrap as B
 from vh.eval import calibration as C
 from vh.eval import report as R
 from vh.eval import slices as S
-from vh.eval.run import planted
+from vh.eval import verdict as V
+from vh.eval.formatting import num
+from vh.eval.inputs import load_inputs
+from vh.eval.planted import planted
+from vh.eval.predictions import Predictions, load_predictions, save_predictions
+from vh.eval.scoring import HeadScore
 
 CFG = EvalConfig(n_boot=200)
+_T_GRID = np.arange(0.5, 2.5, 0.01)  # temperatures scanned by the independent T check
 
 
 def _write(report_dir, preds, runs=None):
     (report_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for p in preds:
-        R.save_predictions(report_dir / "predictions" / f"{p.name}.npz", p)
+        save_predictions(report_dir / "predictions" / f"{p.name}.npz", p)
     (report_dir / "eval.json").write_text(json.dumps({"runs": [p.name for p in preds]}))
     for name, files in (runs or {}).items():
         for rel, text in files.items():
@@ -90,7 +96,7 @@ def test_planted_better_head_is_named(planted_report):
     fam = metrics["verdicts"][0]["families"][0]
     step = fam["cascade"]["steps"][0]
     assert step["criterion"] == "nll" and step["decided"] and step["hi"] < 0
-    assert f"[{R._num(step['lo'])}, {R._num(step['hi'])}]" in md  # the CI is cited
+    assert f"[{num(step['lo'])}, {num(step['hi'])}]" in md  # the CI is cited
 
 
 def test_identical_heads_give_no_clear_winner(tmp_path):
@@ -107,7 +113,7 @@ def test_identical_heads_give_no_clear_winner(tmp_path):
 
 def _fake(name, kind="ordinal", **reps):
     """A HeadScore with given replicates (their mean is the point value)."""
-    return R.HeadScore(
+    return HeadScore(
         name=name,
         kind=kind,
         family=kind,
@@ -127,15 +133,15 @@ def test_rules_fall_through_to_auroc_then_stability():
     ece = 0.02 + 0.001 * rng.normal(size=500)
     a = _fake("a", nll=nll, auroc_top=auc + 0.02, ece_high=ece)
     b = _fake("b", nll=nll.copy(), auroc_top=auc, ece_high=ece.copy())
-    v = R.decide_pool([b, a], 0.95)
+    v = V.decide_pool([b, a], 0.95)
     assert v["winner"] == "a"
     assert [s["criterion"] for s in v["families"][0]["cascade"]["steps"]] == ["nll", "auroc_top"]
     # equal on every interval: the grid spread decides only when one is at most half the other
     a, b = (_fake(n, nll=nll, auroc_top=auc, ece_high=ece) for n in "ab")
     a.figures["grid_val_nll"], b.figures["grid_val_nll"] = [0.40, 0.41], [0.40, 0.46]
-    assert R.decide_pool([a, b], 0.95)["winner"] == "a"
+    assert V.decide_pool([a, b], 0.95)["winner"] == "a"
     b.figures["grid_val_nll"] = [0.40, 0.415]
-    assert R.decide_pool([a, b], 0.95)["winner"] is None
+    assert V.decide_pool([a, b], 0.95)["winner"] is None
 
 
 def test_tiles_family_uses_top_pm1_after_nll():
@@ -143,7 +149,7 @@ def test_tiles_family_uses_top_pm1_after_nll():
     nll = 1.5 + 0.01 * rng.normal(size=300)
     w1 = 0.6 + 0.01 * rng.normal(size=300)
     a, b = _fake("a", "tiles", nll=nll, within1=w1), _fake("b", "tiles", nll=nll, within1=w1 + 0.05)
-    v = R.decide_pool([a, b], 0.95)
+    v = V.decide_pool([a, b], 0.95)
     assert v["winner"] == "b" and v["deciding"]["criterion"] == "within1"
 
 
@@ -164,11 +170,22 @@ def test_headline_figures_match_independent_references(planted_report):
     e = p @ good.medians
     assert abs(h["spearman_score"]["value"] - ss.spearmanr(e, good.rows["final_score"])[0]) < 1e-9
     assert abs(h["pearson_score"]["value"] - ss.pearsonr(e, good.rows["final_score"])[0]) < 1e-9
-    for k in ("nll", "auroc@16384", "ece@32768", "within1"):
-        assert h[k]["lo"] <= h[k]["value"] <= h[k]["hi"] or k.startswith("ece")
+    for k in ("nll", "auroc@16384", "within1"):
+        assert h[k]["lo"] <= h[k]["value"] <= h[k]["hi"]
+    # ECE at 32768: uniform bins of width 1/15 (the last one closed), |sum p - sum y| / n
+    y32, q32 = Y[:, -1], q[:, -1]
+    cell = np.minimum((q32 * CFG.ece_bins).astype(int), CFG.ece_bins - 1)
+    gap = np.bincount(cell, q32 - y32, CFG.ece_bins)
+    assert abs(h["ece@32768"]["value"] - np.abs(gap).sum() / len(q32)) < 1e-9
+    assert 0 <= h["ece@32768"]["lo"] < h["ece@32768"]["hi"] <= 1
     per_t = metrics["runs"]["good"]["per_threshold"]
     assert [r["threshold"] for r in per_t] == list(good.thresholds)
-    assert metrics["runs"]["good"]["temperature"]["T"] > 0
+    # T minimises the validation NLL: scan T directly with sklearn's log loss
+    val_q = 1 / (1 + np.exp(-good.out["val_logits"][None] / _T_GRID[:, None, None]))
+    val_y = np.broadcast_to(good.out["val_y"], val_q.shape[1:]).ravel()
+    scan = [skm.log_loss(val_y, vq.ravel(), labels=[0, 1]) for vq in val_q]
+    t_best = _T_GRID[int(np.argmin(scan))]
+    assert abs(metrics["runs"]["good"]["temperature"]["T"] - t_best) <= 0.02
     tables = metrics["runs"]["good"]["slices"]
     assert set(tables) == {"phase", "length", "tile"}
     for table in tables.values():
@@ -205,7 +222,7 @@ def test_return_and_logscore_heads_are_scored(tmp_path):
     centres = (edges[1:] + edges[:-1]) / 2
     z = np.log1p(base.rows["final_score"]) + 0.3 * rng.normal(size=ret.size)
     preds = [
-        R.Predictions(
+        Predictions(
             "ret",
             "return",
             base.thresholds,
@@ -214,7 +231,7 @@ def test_return_and_logscore_heads_are_scored(tmp_path):
             {"value": value, "ret": ret},
             {"encoding": "scalar"},
         ),
-        R.Predictions(
+        Predictions(
             "ls",
             "logscore",
             base.thresholds,
@@ -246,7 +263,7 @@ def test_bad_predictions_files_name_file_and_field(planted_report, tmp_path):
     trunc = tmp_path / "trunc.npz"
     trunc.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(VhError) as e:
-        R.load_predictions(trunc)
+        load_predictions(trunc)
     assert e.value.path == str(trunc)
 
     def rewrite(path, drop=(), **change):
@@ -264,7 +281,7 @@ def test_bad_predictions_files_name_file_and_field(planted_report, tmp_path):
     ]
     for path, field in cases:
         with pytest.raises(VhError) as e:
-            R.load_predictions(path)
+            load_predictions(path)
         assert e.value.field == field and e.value.path == str(path)
 
 
@@ -272,7 +289,7 @@ def test_misaligned_or_missing_predictions_are_refused(tmp_path):
     a = planted(n_rows=500, n_runs=20, heads={"a": ("ordinal", 0.5, 1)})[0]
     b = planted(n_rows=500, n_runs=20, heads={"b": ("ordinal", 0.5, 1)}, seed=9)[0]
     with pytest.raises(VhError) as e:
-        R.load_inputs(_write(tmp_path / "x", [a, b]))
+        load_inputs(_write(tmp_path / "x", [a, b]))
     assert e.value.field in ("row_run_id", "row_step_index")
     with pytest.raises(VhError, match="no predictions"):
         R.build_report(tmp_path / "empty", CFG)
@@ -288,12 +305,12 @@ def test_temperature_recovers_a_planted_temperature():
     y = (rng.uniform(size=z.shape) < 1 / (1 + np.exp(-z / 2.0))).astype(np.uint8)
     t = C.fit_temperature(logits=z, y=y, kind="binary")
     assert abs(t - 2.0) < 0.1
-    q = C.scaled_probs(logits=z, temperature=t, kind="binary")
+    q = 1 / (1 + np.exp(-z / t))  # sigmoid of the scaled logits
     assert np.all(np.diff(q, axis=1) <= 0)  # the thresholds stay ordered
     nll = lambda tt: C.scaled_nll(logits=z, y=y, temperature=tt, kind="binary")  # noqa: E731
     assert nll(t) <= min(nll(1.0), nll(t * 1.05), nll(t / 1.05))
     logits = rng.normal(0, 2, size=(20000, 5))
-    p = C.scaled_probs(logits=logits, temperature=0.5, kind="categorical")
+    p = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum(1, keepdims=True)  # softmax(z / T)
     cls = (rng.uniform(size=(20000, 1)) > np.cumsum(p, 1)).sum(1)
     assert abs(C.fit_temperature(logits=logits, y=cls, kind="categorical") - 0.5) < 0.05
 
@@ -316,6 +333,62 @@ def test_slices_count_rows_and_runs():
     rows = S.slice_table(sl["length"], B.run_index(run).code, {"x": (frac, "mean")})
     assert [r["runs"] for r in rows] == [3, 3, 3]
     assert [m.sum() for _, m in sl["tile"]] == [0, run.size, 0]
+
+
+def test_slice_tables_match_a_direct_computation():
+    import statistics
+
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(3, 40, 30)
+    run = np.repeat(rng.permutation(100)[:30], lengths)
+    step = np.concatenate([np.arange(k) for k in lengths])
+    length = np.repeat(lengths, lengths)
+    frac = step / length
+    frac[-1] = 1.0  # a state exactly at the end belongs to "late"
+    tile = 2 ** rng.integers(7, 14, run.size)
+    thresholds = np.array([1024, 2048, 8192])
+    x, e = rng.normal(size=run.size), rng.normal(size=run.size)
+    sl = S.make_slices(
+        step_fraction=frac, run_id=run, run_length=length, max_tile=tile, thresholds=thresholds
+    )
+    code = B.run_index(run).code
+    tables = {
+        fam: S.slice_table(v, code, {"x": (x, "mean"), "rmse": (e**2, "root_mean")})
+        for fam, v in sl.items()
+    }
+    # direct: membership rules written out row by row
+    a, b = statistics.quantiles(lengths.tolist(), n=3, method="inclusive")
+    rules = {
+        "phase": [
+            lambda i: frac[i] < 0.25,
+            lambda i: 0.25 <= frac[i] < 0.75,
+            lambda i: frac[i] >= 0.75,
+        ],
+        "length": [lambda i: length[i] <= a, lambda i: a < length[i] <= b, lambda i: length[i] > b],
+        "tile": [
+            lambda i: tile[i] < 1024,
+            lambda i: 1024 <= tile[i] < 2048,
+            lambda i: 2048 <= tile[i] < 8192,
+            lambda i: tile[i] >= 8192,
+        ],
+    }
+    assert [r["slice"] for r in tables["tile"]] == [
+        "tile < 1024",
+        "tile 1024",
+        "tile 2048-4096",
+        "tile >= 8192",
+    ]
+    for fam, preds in rules.items():
+        assert len(tables[fam]) == len(preds)
+        for row, rule in zip(tables[fam], preds, strict=True):
+            rows = [i for i in range(run.size) if rule(i)]
+            assert row["count"] == len(rows) and row["runs"] == len({run[i] for i in rows})
+            if rows:
+                assert row["x"] == pytest.approx(sum(x[i] for i in rows) / len(rows), abs=1e-12)
+                rmse = (sum(e[i] ** 2 for i in rows) / len(rows)) ** 0.5
+                assert row["rmse"] == pytest.approx(rmse, abs=1e-12)
+            else:
+                assert row["x"] is None and row["rmse"] is None
 
 
 # --------------------------------------------------------------------------- Chromium

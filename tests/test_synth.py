@@ -369,3 +369,40 @@ def test_cli_synth(tmp_path):
     assert bad.exit_code == 2 and "synth.player" in bad.output and "Traceback" not in bad.output
     again = runner.invoke(main, ["synth", "--out", str(out), "--games", "3"])
     assert again.exit_code == 3 and "--overwrite" in again.output
+
+
+# --------------------------------------------------------------------------- SplitMix64
+
+
+def _old_splitmix64(x: np.ndarray) -> np.ndarray:
+    """The formula synth and the splits each carried before vh.transforms, written out."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def test_shared_splitmix64_gives_the_old_bits():
+    from vh.heads.splits import run_uniform
+    from vh.transforms import splitmix64
+
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.integers(0, 2**63, 1000, dtype=np.uint64) * np.uint64(2), 0, 2**64 - 1]
+    x = x.astype(np.uint64)
+    np.testing.assert_array_equal(splitmix64(x), _old_splitmix64(x))
+    # the first output of the stream seeded 0 is the reference value of the algorithm
+    assert int(splitmix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF
+    # the splits' signed ids are reinterpreted, not cast: -1 is state 2**64 - 1
+    ids = np.array([-5, -1, 0, 1, 123456789], np.int64)
+    salt = _old_splitmix64(np.array([7], np.int64).view(np.uint64))[0]
+    h = _old_splitmix64(ids.view(np.uint64) ^ salt)
+    want = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    np.testing.assert_array_equal(run_uniform(ids, 7), want)
+    # synth's game streams: state seed + k * golden, as before
+    seeds = np.array([0, 1, 2**32 - 1], np.uint32)
+    step = np.uint64(3 * 0x9E3779B97F4A7C15 % (1 << 64))
+    np.testing.assert_array_equal(
+        synth._draw(seeds, 3), _old_splitmix64(seeds.astype(np.uint64) + step)
+    )

@@ -316,17 +316,22 @@ def test_pt_bundle_alone_and_in_an_init_dir(tmp_path):
     np.testing.assert_array_equal(pooled(T.load_trunk(d)), reference_pooled(state))
 
 
-def test_pt_bundle_with_other_pickled_objects_loads_with_a_warning(tmp_path, capsys):
-    # PosixPath is not on torch's weights_only allowlist: the loader says so, then unpickles
+def test_pt_bundle_with_other_pickled_objects_is_refused_unless_trusted(tmp_path, capsys):
+    # PosixPath is not on torch's weights_only allowlist: refused by default (unpickling it
+    # could run code), loaded with trust_pickle, with a warning that says what that means
     state = tiny_state(2)
+    bundle = tmp_path / "bundle.pt"
     torch.save(
-        {"model": state, "encoder_config": T.preset_config("tiny"), "run_dir": Path("/x")},
-        tmp_path / "bundle.pt",
+        {"model": state, "encoder_config": T.preset_config("tiny"), "run_dir": Path("/x")}, bundle
     )
-    np.testing.assert_array_equal(
-        pooled(T.load_trunk(tmp_path / "bundle.pt")), reference_pooled(state)
-    )
-    assert "not loadable with weights_only=True" in capsys.readouterr().err
+    with pytest.raises(VhError) as e:
+        T.load_trunk(bundle)
+    assert e.value.path == str(bundle) and e.value.field == "weights"
+    assert "--trust-pickle" in e.value.message and "safetensors" in e.value.message
+    lt = T.load_trunk(bundle, trust_pickle=True)
+    np.testing.assert_array_equal(pooled(lt), reference_pooled(state))
+    assert lt.weights_sha256 == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert "--trust-pickle" in capsys.readouterr().err
 
 
 def test_bare_safetensors_file_reads_the_config_beside_it(tmp_path):
@@ -571,6 +576,20 @@ def test_cli_init_and_show(tmp_path):
     assert r.exit_code == 0 and f"sha256: {sha}" in r.output
     r = runner.invoke(main, ["trunk", "init", "--out", str(tmp_path / "t")])  # refuses to overwrite
     assert r.exit_code == 3 and r.output.count("\n") == 1 and "already holds a trunk" in r.output
+
+
+def test_cli_init_claims_only_a_fresh_folder(tmp_path):
+    from vh import durable
+
+    r = CliRunner().invoke(main, ["trunk", "init", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    assert durable.owner(tmp_path / "t") == "init"  # marked like the init dirs export writes
+    assert sorted(durable.entries(tmp_path / "t")) == ["config.json", "model.safetensors"]
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "notes.txt").write_text("mine")  # a folder of the user's: not claimed
+    r = CliRunner().invoke(main, ["trunk", "init", "--out", str(tmp_path / "u")])
+    assert r.exit_code == 0, r.output
+    assert durable.owner(tmp_path / "u") is None
 
 
 def test_the_command_module_does_not_import_torch():

@@ -15,6 +15,7 @@ from vh import (  # noqa: F401
     cmd_extract,
     cmd_fit,
     cmd_inspect,
+    cmd_play,
     cmd_synth,
     cmd_trunk,
 )

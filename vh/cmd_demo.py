@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from vh.cmd_trunk import trust_pickle_option
 from vh.shell import done, main
 
 
@@ -28,10 +29,17 @@ from vh.shell import done, main
     metavar="SECTION.KEY=VALUE",
     help="Override a value of the embedded demo config (configs/demo.toml).",
 )
-def demo(out, init, sets):
+@trust_pickle_option
+def demo(out, init, sets, trust_pickle):
     """Synthesize games, extract caches (trunk and one-hot baseline), fit the seed's four
     comparisons plus the return head, evaluate, and write the report. Resumable."""
     from vh.demo import demo_config, run_demo
 
-    run_demo(out, demo_config(sets), init=init)
+    cfg = demo_config(sets)
+    if init is not None:
+        # a trunk that is refused is refused before the demo writes anything
+        from vh.extract.trunk import load_trunk
+
+        load_trunk(init, seed=cfg.extract.seed, trust_pickle=trust_pickle)
+    run_demo(out, cfg, init=init, trust_pickle=trust_pickle)
     done(f"wrote the report to {out}/report/index.html (also report.md, metrics.json)")

@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import click
 
+from vh import durable
 from vh.errors import VhError
 from vh.shell import bench, config_options, done, main
+
+
+def _made_by_eval(out: Path) -> bool:
+    """A report dir of a vh before ownership markers (or of ``vh demo``): eval.json is eval's."""
+    rec = durable.try_read_json(out / "eval.json")
+    return bool(rec) and "vh_version" in rec and "runs" in rec
+
+
+def _inputs(run_dirs: tuple[str, ...]) -> dict[str, str | None]:
+    """What eval reads: the run dirs and the caches they were fitted on (role -> path)."""
+    inputs: dict[str, str | None] = {}
+    for d in run_dirs:
+        inputs[f"RUN_DIR {d}"] = d
+        rec = durable.try_read_json(Path(d) / "config.json")  # a bad one fails later, named
+        cache = (rec or {}).get("cache")
+        inputs[f"cache of {d}"] = cache.get("path") if isinstance(cache, dict) else None
+    return inputs
+
+
+def _check_report_dir(out: str, run_dirs: tuple[str, ...]) -> None:
+    """Refuse a report dir that is (or holds) an input, or that vh did not make as a report.
+
+    The report writer replaces its own files (index.html, metrics.json, plots/, ...) in place,
+    so a folder of the user's files, a run dir or a cache must never be its --out.
+    """
+    durable.check_not_input(out, _inputs(run_dirs))
+    durable.check_owned(out, "report", legacy=_made_by_eval)
 
 
 def _closing(report_dir: str, metrics: dict) -> str:
@@ -38,41 +70,66 @@ def eval_cmd(run_dirs: tuple[str, ...], out: str | None, rebuild: str | None, cf
     if rebuild is not None:
         if run_dirs or out:
             raise VhError("--rebuild takes neither RUN_DIR nor --out", field="--rebuild")
+        _check_report_dir(rebuild, ())
         done(_closing(rebuild, build_report(rebuild, cfg.eval)))
         return
     if not run_dirs or not out:
         raise VhError(
             "give RUN_DIR... and --out REPORT_DIR (or --rebuild REPORT_DIR)", field="RUN_DIR"
         )
-    done(_closing(out, evaluate(list(run_dirs), out, cfg.eval)))
+    _check_report_dir(out, run_dirs)  # before anything is created
+    created = not os.path.lexists(out)
+    durable.claim(out, "report")
+    try:
+        metrics = evaluate(list(run_dirs), out, cfg.eval)
+    except BaseException:
+        if created:  # a failed eval leaves no half-made report dir behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    done(_closing(out, metrics))
 
 
 @bench.command("eval")
-@click.option("--rows", default=5_000_000, show_default=True, help="Planted test states.")
-@click.option("--runs", default=20_000, show_default=True, help="Test runs they belong to.")
-@click.option("--heads", default=2, show_default=True, help="Ordinal heads to score.")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=5_000_000,
+    show_default=True,
+    help="Planted test states.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Test runs they belong to.",
+)
+@click.option(
+    "--heads",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Ordinal heads to score.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
     default=None,
     help="Where the report pages go (default: a temporary dir).",
 )
+@click.option(
+    "--md",
+    type=click.Path(dir_okay=False),
+    help="Also write the results as section 'eval' of this markdown file.",
+)
 @config_options
-def bench_eval(rows: int, runs: int, heads: int, out: str | None, cfg) -> None:
+def bench_eval(rows: int, runs: int, heads: int, out: str | None, md: str | None, cfg) -> None:
     """Score planted predictions: every metric, cfg.eval.n_boot resamples, the report pages."""
     import tempfile
 
-    from vh.eval.run import benchmark
+    from vh.bench.eval import benchmark, eval_section
+    from vh.bench.report import publish
 
     with tempfile.TemporaryDirectory() as tmp:
         r = benchmark(n_rows=rows, n_runs=runs, n_heads=heads, cfg=cfg.eval, out=out or tmp)
-    click.echo(
-        f"bench eval: {r['rows']:,} rows, {r['runs']:,} runs, {r['heads']} heads, "
-        f"{r['n_boot']} resamples: scoring {r['score_s']:.1f} s wall, {r['score_cpu_s']:.1f} s "
-        f"CPU (all metrics, bootstrap, verdict); report pages {r['write_s']:.1f} s; planting "
-        f"{r['planted_s']:.1f} s"
-    )
-    done(
-        f"scored {r['rows'] * r['heads']:,} predictions in {r['score_s']:.1f} s "
-        f"({r['rows'] * r['heads'] / r['score_s']:,.0f} rows/s); winner: {r['winner']}"
-    )
+    publish(eval_section(r), md)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from vh.cmd_trunk import trust_pickle_option
+from vh.progress import say
 from vh.shell import done, main
 
 
@@ -24,11 +26,36 @@ from vh.shell import done, main
     help="New init dir: the trunk plus the head as value_head.",
 )
 @click.option("--member", default=None, help="Grid member (default: best by validation NLL).")
-@click.option("--seed", default=0, show_default=True, help="Seed of a weightless init dir.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**31 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of a weightless init dir.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output dir.")
-def export(run_dir, init, out, member, seed, overwrite):
+@click.option(
+    "--temperature",
+    default="none",
+    show_default=True,
+    help="Fold a temperature into the exported logits: auto (the eval report's "
+    "recommendation, recomputed on the validation split; nothing when scaling does not "
+    "help), none, or a number T > 0.",
+)
+@trust_pickle_option
+def export(run_dir, init, out, member, seed, overwrite, temperature, trust_pickle):
     """Put a fitted head back into a trunk init dir as value_head (probe or MLP)."""
     from vh.export import export_head
 
-    path = export_head(run_dir, init, out, member=member, overwrite=overwrite, seed=seed)
+    path = export_head(
+        run_dir,
+        init,
+        out,
+        member=member,
+        overwrite=overwrite,
+        seed=seed,
+        trust_pickle=trust_pickle,
+        temperature=temperature,
+        log=say,
+    )
     done(f"wrote init dir with value_head to {path} (model.safetensors, config.json)")

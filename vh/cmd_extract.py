@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from vh.shell import bench, config_options, done, main, replace_md_section
+from vh.cmd_trunk import trust_pickle_option
+from vh.shell import bench, config_options, done, main
 
 
 def _with_overrides(cfg, **values):
@@ -58,8 +59,11 @@ def _with_overrides(cfg, **values):
     help="Discount of a `return` column (none without). [extract.gamma]",
 )
 @click.option("--overwrite", is_flag=True, help="Delete an existing cache at --out first.")
+@trust_pickle_option
 @config_options
-def extract(dataset, init, out, trunk, batch_size, dtype, device, gamma, overwrite, cfg):
+def extract(
+    dataset, init, out, trunk, batch_size, dtype, device, gamma, overwrite, trust_pickle, cfg
+):
     """Run the frozen trunk once over DATASET and write the embedding cache OUT.
 
     \b
@@ -71,7 +75,7 @@ def extract(dataset, init, out, trunk, batch_size, dtype, device, gamma, overwri
     cfg = _with_overrides(
         cfg, trunk=trunk, batch_size=batch_size, dtype=dtype, device=device, gamma=gamma
     )
-    r = run_extract(dataset, init, out, cfg, overwrite=overwrite)
+    r = run_extract(dataset, init, out, cfg, overwrite=overwrite, trust_pickle=trust_pickle)
     if r.rank != 0:  # under torchrun, rank 0 alone says what was written
         return
     if r.already_complete:
@@ -133,7 +137,8 @@ def bench_extract_cmd(rows, preset, repeats, codec_mib, workdir, benchmarks, cfg
     """Bare trunk forward on pre-decoded tokens vs the full extract pipeline, same rows."""
     import tempfile
 
-    from vh.extract.run import bench_extract, benchmarks_markdown
+    from vh.bench.extract import bench_extract, extract_section
+    from vh.bench.report import publish
 
     with tempfile.TemporaryDirectory() as tmp:
         res = bench_extract(
@@ -144,9 +149,4 @@ def bench_extract_cmd(rows, preset, repeats, codec_mib, workdir, benchmarks, cfg
             workdir=Path(workdir or tmp),
             codec_bytes=codec_mib << 20,
         )
-    text = benchmarks_markdown(res)
-    click.echo(text)
-    replace_md_section(Path(benchmarks), "extract", text)
-    done(
-        f"pipeline / bare forward = {res['ratio']:.3f}; wrote the 'extract' section of {benchmarks}"
-    )
+    publish(extract_section(res), benchmarks)

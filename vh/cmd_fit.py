@@ -6,15 +6,10 @@ import dataclasses
 
 import click
 
+from vh.heads.targets import cli_names
 from vh.shell import bench, config_options, done, main
 
-HEADS = {
-    "ordinal": "ordinal",
-    "tiles": "tiles",
-    "categorical": "tiles",
-    "logscore": "logscore",
-    "return": "return",
-}
+HEADS = cli_names()  # --head NAME -> fit.target.kind: every target kind and its aliases
 
 
 @main.command()
@@ -28,7 +23,9 @@ HEADS = {
 @click.option(
     "--head",
     type=click.Choice(sorted(HEADS)),
-    help="Target (fit.target.kind); categorical = tiles.",
+    help="Target (fit.target.kind); "
+    + ", ".join(f"{a} = {k}" for a, k in sorted(HEADS.items()) if a != k)
+    + ".",
 )
 @click.option("--arch", type=click.Choice(["probe", "mlp"]), help="Head (fit.head.arch).")
 @click.option(
@@ -40,7 +37,8 @@ HEADS = {
 @click.option(
     "--resume/--overwrite",
     default=None,
-    help="Default: resume a matching run dir, else start; --overwrite starts over.",
+    help="Default: resume a matching run dir, else start; --overwrite starts over (only in a "
+    "run dir vh made; never the cache or a folder holding it).",
 )
 @config_options
 def fit(cfg, cache, out, head, arch, grid, resume):
@@ -51,6 +49,7 @@ def fit(cfg, cache, out, head, arch, grid, resume):
       vh fit --cache CACHE --out runs/probe_ord --head ordinal --arch probe \\
              --grid lr=1e-4,3e-4,1e-3 --grid wd=0,1e-4
     """
+    from vh.config import check_grid
     from vh.heads.api import fit as run_fit
     from vh.heads.train import parse_grid
 
@@ -59,7 +58,7 @@ def fit(cfg, cache, out, head, arch, grid, resume):
         fcfg = dataclasses.replace(fcfg, target=dataclasses.replace(fcfg.target, kind=HEADS[head]))
     if arch:
         fcfg = dataclasses.replace(fcfg, head=dataclasses.replace(fcfg.head, arch=arch))
-    summary = run_fit(fcfg, cache, out, grid=parse_grid(grid), resume=resume)
+    summary = run_fit(fcfg, cache, out, grid=check_grid(parse_grid(grid)), resume=resume)
     best = summary["best_member"]
     done(
         f"wrote {len(summary['members'])} head(s) to {out}: best {best}, val nll "
@@ -68,8 +67,16 @@ def fit(cfg, cache, out, head, arch, grid, resume):
 
 
 @bench.command("fit")
-@click.option("--rows", default=2_000_000, show_default=True, help="Cached states.")
-@click.option("--dim", default=288, show_default=True, help="Embedding width.")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=2_000_000,
+    show_default=True,
+    help="Cached states.",
+)
+@click.option(
+    "--dim", type=click.IntRange(min=1), default=288, show_default=True, help="Embedding width."
+)
 @click.option(
     "--cache",
     type=click.Path(file_okay=False),
@@ -77,18 +84,21 @@ def fit(cfg, cache, out, head, arch, grid, resume):
 )
 @click.option(
     "--rounds",
+    type=click.IntRange(min=1),
     default=3,
     show_default=True,
     help="Interleaved timed rounds (after a warm-up round).",
 )
 @click.option(
     "--seed-batch",
+    type=click.IntRange(min=1),
     default=1024,
     show_default=True,
     help="States per timed batch of the seed's in-loop trunk (it is slow).",
 )
 @click.option(
     "--mlp-rows",
+    type=click.IntRange(min=1),
     default=262_144,
     show_default=True,
     help="Rows of the MLP epoch slice (its rows/s extrapolate to a full epoch).",
@@ -101,17 +111,8 @@ def fit(cfg, cache, out, head, arch, grid, resume):
 @config_options
 def bench_fit(cfg, rows, dim, cache, rounds, seed_batch, mlp_rows, md):
     """Heads on cached states vs the seed's in-loop trunk and a plain PyTorch loop."""
-    from vh.bench_fit import run_bench
+    from vh.bench.fit import run_bench
+    from vh.bench.report import publish
 
-    text = run_bench(
-        cfg.fit,
-        rows=rows,
-        dim=dim,
-        cache=cache,
-        rounds=rounds,
-        seed_batch=seed_batch,
-        mlp_rows=mlp_rows,
-        md=md,
-    )
-    click.echo(text)
-    done(f"benchmarked vh fit on {rows:,} rows" + (f"; wrote section 'fit' of {md}" if md else ""))
+    kw = {"rows": rows, "dim": dim, "cache": cache, "rounds": rounds, "seed_batch": seed_batch}
+    publish(run_bench(cfg.fit, **kw, mlp_rows=mlp_rows), md)

@@ -102,24 +102,17 @@ def synth_cmd(
 @config_options
 def bench_synth_cmd(games, moves, search_games, search_moves, cfg):
     """Moves/s of the engine with each player, vectorised over many games in one process."""
-    from vh.extract.synth import bench_play
+    from vh.bench.report import publish
+    from vh.bench.synth import bench_play, synth_section
 
-    rates = {}
+    plays = {}
     for name, n, m in (
         ("random", games, 0),
         ("greedy", games, moves),
         ("expectimax", search_games, search_moves),
     ):
-        played, wall, cpu = bench_play(name, n, m, depth=cfg.synth.depth, seed=cfg.synth.seed)
-        rates[name] = played / wall
-        click.echo(
-            f"{name:>10}: {played:,} moves of {n:,} games in {wall:.2f} s = "
-            f"{rates[name]:,.0f} moves/s ({played / cpu:,.0f} per CPU second)"
-        )
-    done(
-        f"random/greedy speed ratio {rates['random'] / rates['greedy']:.1f}, "
-        f"greedy/expectimax(depth {cfg.synth.depth}) {rates['greedy'] / rates['expectimax']:.0f}"
-    )
+        plays[name] = (n, *bench_play(name, n, m, depth=cfg.synth.depth, seed=cfg.synth.seed))
+    publish(synth_section(plays, cfg.synth.depth), None)
 
 
 @bench.command("decode")
@@ -133,12 +126,7 @@ def bench_synth_cmd(games, moves, search_games, search_moves, cfg):
 )
 def bench_decode_cmd(rows, batch):
     """Rows/s from dataset rows to tokens: packed boards (unpack) and self-play exps."""
-    from vh.extract.synth import bench_decode
+    from vh.bench.report import publish
+    from vh.bench.synth import bench_decode, decode_section
 
-    rates = bench_decode(rows, batch)
-    for name, rate in rates.items():
-        click.echo(f"{name:>10}: {rate:,.0f} rows/s")
-    done(
-        f"decoded {rows:,} rows per layout in batches of {batch:,}; "
-        f"packed/selfplay speed ratio {rates['packed'] / rates['selfplay']:.2f}"
-    )
+    publish(decode_section(bench_decode(rows, batch), rows, batch), None)

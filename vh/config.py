@@ -1,75 +1,214 @@
 """Typed, frozen, nested configuration loaded strictly from TOML.
 
 One root :class:`Config` with a section per phase. Values come from the dataclass defaults,
-then each TOML file in order, then ``--set section.key=value`` overrides. Unknown keys and
-wrongly typed values raise :class:`~vh.errors.VhError` naming the key (``fit.train.lr``).
-The resolved config travels with every artifact (:func:`to_dict`).
+then each TOML file in order, then ``--set section.key=value`` overrides. Unknown keys,
+wrongly typed values and values outside a field's declared range raise
+:class:`~vh.errors.VhError` naming the key (``fit.train.lr``), before any command creates
+anything. The resolved config travels with every artifact (:func:`to_dict`).
+
+Ranges: every number, string and list field is declared with :func:`ranged` next to its
+default (bounds, pattern, length, order); rules that tie two fields together (split fractions
+summing to 1, one weight per stage) are a section's ``_relations`` method, checked once the
+whole config is resolved (:func:`validate`). :func:`build` range-checks every value it is
+given (command-line options go through it too); :func:`load_config` and :func:`from_dict`
+also validate the result. Plain ``SplitConfig(...)`` construction checks nothing: tests
+build deliberately bad sections to exercise the checks further down.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, Union
 
 from vh.errors import VhError
 
+# --------------------------------------------------------------------------- ranges
+
+SEED_MAX = 2**31 - 1  # JAX makes its keys from int32 seeds; numpy and torch take these too
+ROWS_MAX = 2**31 - 1  # the fit addresses rows with int32 positions
+TILE_MAX = 2**17  # the largest tile a 4x4 board can ever hold
+SQL_TEXT = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]{0,4096}"  # sqlite refuses NUL; no control chars
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of one config field (each element, for a list field).
+
+    Numbers must be finite and within the bounds: ``ge``/``le`` inclusive, ``gt``/``lt``
+    exclusive; ``pow2`` asks for a power of two. Strings must match ``pattern`` in full.
+    Lists must have a length in ``lengths`` and, with ``increasing``, strictly rising elements.
+    ``one_of`` returns the valid strings when they are known only at run time (the target kinds
+    of the registry). ``None`` passes when the field's type allows it (``float | None``).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    pow2: bool = False
+    pattern: str | None = None
+    lengths: range | tuple[int, ...] | None = None
+    increasing: bool = False
+    why: str = ""  # what the value means, when the bounds alone do not say it
+    one_of: Callable[[], Sequence[str]] | None = None
+
+    def describe(self) -> str:
+        """The bounds in words: ``> 0 and <= 10``, ``a power of two >= 4``."""
+        parts = [
+            f"{op} {_num(b)}"
+            for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if b is not None
+        ]
+        text = " and ".join(parts)
+        return f"a power of two {text}" if self.pow2 else text
+
+    def check(self, value: Any, key: str) -> None:
+        """Raise :class:`VhError` naming ``key`` unless ``value`` is in range."""
+        if value is None:
+            return
+        if isinstance(value, tuple):
+            self._check_list(value, key)
+        elif isinstance(value, str):
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
+                raise VhError(f"expected {self.why or self.pattern}, got {value!r}", field=key)
+            if self.one_of is not None and value not in self.one_of():
+                valid = " | ".join(repr(v) for v in self.one_of())
+                raise VhError(f"expected {valid}, got {value!r}", field=key)
+        else:
+            self._check_number(value, key)
+
+    def _check_number(self, v: int | float, key: str) -> None:
+        if not math.isfinite(v):
+            bounds = f" {self.describe()}" if self.describe() else ""
+            raise VhError(f"expected a finite number{bounds}, got {v!r}", field=key)
+        bad = (
+            (self.ge is not None and v < self.ge)
+            or (self.gt is not None and v <= self.gt)
+            or (self.le is not None and v > self.le)
+            or (self.lt is not None and v >= self.lt)
+            or (self.pow2 and (v < 1 or int(v) & (int(v) - 1)))
+        )
+        if bad:
+            why = f" ({self.why})" if self.why else ""
+            raise VhError(f"out of range: expected {self.describe()}{why}, got {v!r}", field=key)
+
+    def _check_list(self, values: tuple, key: str) -> None:
+        if self.lengths is not None and len(values) not in self.lengths:
+            raise VhError(
+                f"expected {_lengths(self.lengths)} elements, got {len(values)}", field=key
+            )
+        for i, v in enumerate(values):
+            self._check_number(v, f"{key}[{i}]")
+        if self.increasing and any(b <= a for a, b in zip(values, values[1:], strict=False)):
+            raise VhError(f"expected strictly increasing values, got {list(values)}", field=key)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _lengths(lengths: range | tuple[int, ...]) -> str:
+    if isinstance(lengths, range):
+        return f"{lengths.start} to {lengths.stop - 1}"
+    return " or ".join(map(str, lengths))
+
+
+def ranged(default: Any, **limits: Any) -> Any:
+    """A dataclass field with its default and its valid values (the :class:`Range` keywords)."""
+    return field(default=default, metadata={"range": Range(**limits)})
+
+
+def field_range(f: dataclasses.Field) -> Range | None:
+    """The declared :class:`Range` of a dataclass field (None for bools, choices, sections)."""
+    return f.metadata.get("range")
+
+
 # --------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    games: int = 64
+    games: int = ranged(64, ge=1, le=ROWS_MAX)
     player: Literal["random", "greedy", "expectimax"] = "expectimax"
-    depth: int = 2  # expectimax search depth in moves (chance nodes between them)
-    seed: int = 0
+    # expectimax search depth in moves (chance nodes between them); the cost grows ~8x a move
+    depth: int = ranged(2, ge=1, le=6)
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
     layout: Literal["packed", "selfplay", "legacy"] = "packed"
     board_eval: bool = True  # packed layout: 46-byte rows with board_eval (False: 42 bytes)
     metadata: Literal["modern", "legacy"] = "modern"  # legacy: num_moves / final_score columns
-    shard_rows: int = 262_144  # rows per steps-*.npy shard (runs never straddle shards)
+    # rows per steps-*.npy shard (runs never straddle shards)
+    shard_rows: int = ranged(262_144, ge=1, le=ROWS_MAX)
     values: bool = False  # also write the values-*.npy sidecar
-    gamma: float = 0.997  # discount of the sidecar's returns
-    max_moves: int = 0  # stop a game after this many moves (0 = play until it ends)
+    gamma: float = ranged(0.997, ge=0.0, le=1.0)  # discount of the sidecar's returns
+    # stop a game after this many moves (0 = play until it ends)
+    max_moves: int = ranged(0, ge=0, le=ROWS_MAX)
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     trunk: Literal["init", "onehot"] = "init"  # onehot = the raw-board baseline, no network
-    batch_size: int = 4096
+    batch_size: int = ranged(4096, ge=1, le=2**20)  # rows per trunk forward
     dtype: Literal["float16", "float32"] = "float16"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    gamma: float | None = None  # when set, a discounted `return` column is written
-    chunk_rows: int = 65_536  # rows per zarr chunk = per work unit (see vh.cache.schema)
+    device: str = ranged(
+        "auto", pattern=r"auto|cpu|cuda(:[0-9]{1,3})?", why="auto, cpu, cuda or cuda:N"
+    )
+    # when set, a discounted `return` column is written
+    gamma: float | None = ranged(None, ge=0.0, le=1.0)
+    # rows per zarr chunk = per work unit (see vh.cache.schema)
+    chunk_rows: int = ranged(65_536, ge=1, le=2**24)
     compile: bool = False  # torch.compile the trunk (pays off for long extractions)
-    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
-    seed: int = 0  # seed of the random init when the init dir has no weights
+    threads: int = ranged(0, ge=0, le=4096)  # torch intra-op threads on CPU (0 = torch's)
+    seed: int = ranged(0, ge=0, le=SEED_MAX)  # seed of the random init without weights
     check_vocab: bool = True  # refuse exponents the trunk's vocab cannot embed
+
+
+def _target_kinds() -> tuple[str, ...]:
+    """The registered target kinds (imported here, late: the registry imports no config)."""
+    from vh.heads.targets import names
+
+    return names()
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    kind: Literal["ordinal", "tiles", "logscore", "return"] = "ordinal"
-    thresholds: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768)  # tile values T_k
-    n_bins: int = 64  # logscore bins
-    smoothing: float = 0.0  # Gaussian label smoothing, sigma as a ratio of the bin width
+    kind: str = ranged("ordinal", one_of=_target_kinds)  # a kind of vh.heads.targets
+    # tile values T_k: powers of two a board can hold, rising (at most 16 of them)
+    thresholds: tuple[int, ...] = ranged(
+        (1024, 2048, 4096, 8192, 16384, 32768),
+        ge=4,
+        le=TILE_MAX,
+        pow2=True,
+        increasing=True,
+        lengths=range(1, 17),
+    )
+    n_bins: int = ranged(64, ge=2, le=65_536)  # logscore bins
+    # Gaussian label smoothing, sigma as a ratio of the bin width (0 = two-hot)
+    smoothing: float = ranged(0.0, ge=0.0, le=100.0)
     return_encoding: Literal["twohot", "gaussian", "scalar"] = "twohot"
-    return_bins: int = 601
-    return_sigma: float = 0.75  # gaussian return encoding: sigma in bins
-    bin_range: tuple[
-        float, ...
-    ] = ()  # [lo, hi] bin centres (log1p score / h(return)); [] = train range
+    return_bins: int = ranged(601, ge=2, le=65_536)
+    return_sigma: float = ranged(0.75, ge=0.0, le=1000.0)  # gaussian encoding: sigma in bins
+    # [lo, hi] bin centres (log1p score / h(return)); [] = the train range
+    bin_range: tuple[float, ...] = ranged((), lengths=(0, 2), increasing=True)
+
+    def _relations(self) -> Iterator[tuple[str, str]]:
+        if self.return_encoding == "gaussian" and self.return_sigma == 0:
+            yield "return_sigma", "the gaussian encoding needs return_sigma > 0 (or use twohot)"
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     arch: Literal["probe", "mlp"] = "probe"
-    hidden: int = 1024
-    dropout: float = 0.1
+    hidden: int = ranged(1024, ge=1, le=65_536)
+    dropout: float = ranged(0.1, ge=0.0, lt=1.0)
     monotone: bool = False  # ordinal only: t_k = b - cumsum(softplus(inc_k))
     small_init: bool = True  # last layer ~ N(0, 0.01)
 
@@ -77,49 +216,76 @@ class HeadConfig:
 @dataclass(frozen=True)
 class LossConfig:
     balance: bool = False  # class-balanced BCE, weights from train positive rates
-    max_weight: float = 10.0
-    focal_gamma: float = 0.0
-    quartic: float = 0.0  # scalar return: MSE + w * mean(err^4)
+    # cap on a class weight 1/(2p); balanced classes weigh 1, so a cap below 1 means nothing
+    max_weight: float = ranged(10.0, ge=1.0, le=1e6)
+    focal_gamma: float = ranged(0.0, ge=0.0, le=10.0)
+    quartic: float = ranged(0.0, ge=0.0, le=1e6)  # scalar return: MSE + w * mean(err^4)
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    seed: int = 0
-    train: float = 0.90
-    val: float = 0.05
-    test: float = 0.05
-    val_run_pct: float | None = None  # when set: val = this % of runs, rest train (no test)
-    train_where: str = ""  # SQL predicates over the cache's runs table (override the hash)
-    val_where: str = ""
-    test_where: str = ""
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
+    train: float = ranged(0.90, ge=0.0, le=1.0)
+    val: float = ranged(0.05, ge=0.0, le=1.0)
+    test: float = ranged(0.05, ge=0.0, le=1.0)
+    # when set: val = this % of runs, rest train (no test)
+    val_run_pct: float | None = ranged(None, gt=0.0, lt=100.0)
+    # SQL predicates over the cache's runs table (override the hash)
+    train_where: str = ranged("", pattern=SQL_TEXT, why="an SQL predicate (no control chars)")
+    val_where: str = ranged("", pattern=SQL_TEXT, why="an SQL predicate (no control chars)")
+    test_where: str = ranged("", pattern=SQL_TEXT, why="an SQL predicate (no control chars)")
+
+    def _relations(self) -> Iterator[tuple[str, str]]:
+        f = (self.train, self.val, self.test)
+        if abs(sum(f) - 1.0) > 1e-9:  # the same tolerance as vh.heads.splits
+            yield "train", f"train/val/test fractions must sum to 1, got {list(f)}"
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     kind: Literal["all", "stratified"] = "all"
-    cap_per_run: int = 512
-    stages: tuple[float, ...] = (0.0, 0.25, 0.75, 1.0)
-    stage_weights: tuple[float, ...] = (1.0, 2.0, 1.0)
-    step_index_min: int = 0
-    step_index_max: int = -1  # -1 = no upper bound
-    states_per_epoch: int = 0  # 0 = every sampled train row once per epoch
-    seed: int = 0  # jitter of the stratified positions
+    cap_per_run: int = ranged(512, ge=1, le=ROWS_MAX)
+    # stage boundaries as fractions of a run's steps: from 0 to 1, rising
+    stages: tuple[float, ...] = ranged(
+        (0.0, 0.25, 0.75, 1.0), ge=0.0, le=1.0, increasing=True, lengths=range(2, 65)
+    )
+    stage_weights: tuple[float, ...] = ranged((1.0, 2.0, 1.0), ge=0.0, le=1e6, lengths=range(1, 64))
+    step_index_min: int = ranged(0, ge=0, le=ROWS_MAX)
+    step_index_max: int = ranged(-1, ge=-1, le=ROWS_MAX)  # -1 = no upper bound
+    # 0 = every sampled train row once per epoch
+    states_per_epoch: int = ranged(0, ge=0, le=ROWS_MAX)
+    seed: int = ranged(0, ge=0, le=SEED_MAX)  # jitter of the stratified positions
+
+    def _relations(self) -> Iterator[tuple[str, str]]:
+        st, w = self.stages, self.stage_weights
+        if st[0] != 0.0 or st[-1] != 1.0:
+            yield "stages", f"stage boundaries must run from 0 to 1, got {list(st)}"
+        if len(w) != len(st) - 1:
+            yield "stage_weights", f"need {len(st) - 1} weights (one per stage), got {len(w)}"
+        if sum(w) <= 0:
+            yield "stage_weights", f"at least one stage weight must be > 0, got {list(w)}"
+        if self.step_index_max != -1 and self.step_index_max < self.step_index_min:
+            why = f"below step_index_min {self.step_index_min} (-1 = no upper bound)"
+            yield "step_index_max", why
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 3e-4
-    wd: float = 1e-4
+    lr: float = ranged(3e-4, gt=0.0, le=10.0)
+    wd: float = ranged(1e-4, ge=0.0, le=10.0)
     schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
-    batch_size: int = 65_536
-    epochs: int = 20
-    patience: int = 3  # early stopping on validation NLL
-    seed: int = 0
+    warmup_steps: int = ranged(0, ge=0, le=ROWS_MAX)
+    batch_size: int = ranged(65_536, ge=1, le=ROWS_MAX)
+    epochs: int = ranged(20, ge=1, le=100_000)
+    patience: int = ranged(3, ge=1, le=100_000)  # early stopping on validation NLL
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
     data_on_device: Literal["auto", "always", "never"] = "auto"
-    device_memory_fraction: float = 0.5  # 'auto' keeps data on device below this share
-    prefetch_chunks: int = 4  # streamed: cache chunks read ahead (bounds host memory)
-    microbatch: int = 2048  # rows per gradient-accumulation chunk of a step (0 = whole batch)
+    # 'auto' keeps data on device below this share of its memory
+    device_memory_fraction: float = ranged(0.5, gt=0.0, le=1.0)
+    # streamed: cache chunks read ahead (bounds host memory)
+    prefetch_chunks: int = ranged(4, ge=1, le=1024)
+    # rows per gradient-accumulation chunk of a step (0 = whole batch)
+    microbatch: int = ranged(2048, ge=0, le=ROWS_MAX)
 
 
 @dataclass(frozen=True)
@@ -134,13 +300,27 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    n_boot: int = 1000
-    seed: int = 0
-    ece_bins: int = 15
-    ci: float = 0.95
+    # bootstrap resamples; fewer than 10 give no usable percentile interval
+    n_boot: int = ranged(1000, ge=10, le=100_000)
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
+    ece_bins: int = ranged(15, ge=1, le=10_000)
+    ci: float = ranged(0.95, gt=0.0, lt=1.0)  # confidence level of the intervals
     temperature: bool = True  # fit post-hoc temperature on the validation split
-    max_val_rows: int = 1_000_000  # validation rows for the temperature (seeded subset beyond)
-    predict_batch: int = 65_536  # embedding rows read and predicted at a time
+    # validation rows for the temperature (seeded subset beyond)
+    max_val_rows: int = ranged(1_000_000, ge=1, le=ROWS_MAX)
+    predict_batch: int = ranged(65_536, ge=1, le=2**24)  # embedding rows predicted at a time
+
+
+@dataclass(frozen=True)
+class TrunkTrainConfig:
+    """`vh trunk train`: the trunk's action_policy training (AdamW, constant lr)."""
+
+    epochs: int = ranged(10, ge=1, le=100_000)
+    batch_size: int = ranged(256, ge=1, le=2**20)  # rows per AdamW step
+    lr: float = ranged(1e-3, gt=0.0, le=10.0)
+    wd: float = ranged(0.01, ge=0.0, le=10.0)  # AdamW's decoupled weight decay
+    seed: int = ranged(0, ge=0, le=SEED_MAX)  # initial weights and the shuffle
+    device: Literal["cpu", "cuda"] = "cpu"
 
 
 @dataclass(frozen=True)
@@ -149,6 +329,63 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    trunk: TrunkTrainConfig = field(default_factory=TrunkTrainConfig)
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_field(f: dataclasses.Field, value: Any, key: str) -> None:
+    """Raise :class:`VhError` naming ``key`` unless ``value`` is in ``f``'s declared range."""
+    r = field_range(f)
+    if r is not None:
+        r.check(value, key)
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Check every field of ``obj`` (a config section, recursively) and the rules between them.
+
+    Args:
+        obj: a config dataclass instance.
+        prefix: dotted key of ``obj`` (``"fit."``), for the messages.
+
+    Raises:
+        VhError: naming the first key out of range.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{f.name}.")
+        else:
+            check_field(f, value, prefix + f.name)
+    relations = getattr(obj, "_relations", None)
+    for name, message in relations() if relations else ():
+        raise VhError(message, field=prefix + name)
+
+
+def section_prefix(cls: type, root: type | None = None, prefix: str = "") -> str | None:
+    """Dotted key of the section of type ``cls`` inside :class:`Config` (``FitConfig`` -> ``fit.``)."""
+    root = root or Config
+    if cls is root:
+        return prefix
+    for name, tp in typing.get_type_hints(root).items():
+        if _is_dataclass_type(tp):
+            found = section_prefix(cls, tp, f"{prefix}{name}.")
+            if found is not None:
+                return found
+    return None
+
+
+def check_grid(grid: dict[str, tuple]) -> dict[str, tuple]:
+    """Check each value of a ``--grid`` (keys of ``fit.train``) against its declared range."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, values in grid.items():
+        for v in values if key in fields else ():  # parse_grid refuses unknown keys
+            try:
+                check_field(fields[key], v, f"fit.train.{key}")
+            except VhError as e:
+                raise VhError(e.message, path=f"--grid {key}", field=e.field) from None
+    return grid
 
 
 # --------------------------------------------------------------------------- loading
@@ -219,6 +456,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def build(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
     """Build dataclass ``cls`` from ``data`` strictly, starting from ``base`` (or defaults).
 
+    Each value given is type- and range-checked; rules between fields are left to
+    :func:`validate`, so that layered files may set related keys one at a time.
+
     Args:
         cls: a (frozen) dataclass type.
         data: nested mapping of TOML values.
@@ -231,7 +471,8 @@ def build(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
     if not isinstance(data, dict):
         raise VhError(f"expected a table, got {data!r}", field=prefix.rstrip(".") or "<root>")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     unknown = sorted(set(data) - names)
     if unknown:
         valid = ", ".join(sorted(names))
@@ -245,6 +486,7 @@ def build(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
             kwargs[name] = build(tp, value, key + ".", getattr(base, name))
         else:
             kwargs[name] = _coerce(value, tp, key)
+            check_field(fields[name], kwargs[name], key)
     return dataclasses.replace(base, **kwargs)
 
 
@@ -297,21 +539,47 @@ def load_config(
     sets: typing.Sequence[str] = (),
     base: Config | None = None,
 ) -> Config:
-    """Resolve a :class:`Config` from defaults, TOML files (in order) and ``--set`` overrides."""
+    """Resolve a :class:`Config` from defaults, TOML files (in order) and ``--set`` overrides.
+
+    Each value is type- and range-checked as its layer is read (the error names that file or
+    ``--set``); the rules between fields are checked once, on the resolved config.
+    """
     cfg = base if base is not None else Config()
+    layers: list[tuple[str, dict]] = []  # (source, its table), to name who broke a rule
     for p in paths:
         try:
-            cfg = build(Config, read_toml(p), base=cfg)
+            data = read_toml(p)
+            cfg = build(Config, data, base=cfg)
         except VhError as e:
             if e.path is None:
                 e = VhError(e.message, path=p, field=e.field, code=e.code)
             raise e from None
+        layers.append((os.fspath(p), data))
     if sets:
         try:
-            cfg = build(Config, parse_sets(sets), base=cfg)
+            data = parse_sets(sets)
+            cfg = build(Config, data, base=cfg)
         except VhError as e:
             raise VhError(e.message, path="--set", field=e.field, code=e.code) from None
+        layers.append(("--set", data))
+    try:
+        validate(cfg)
+    except VhError as e:
+        where = _last_to_touch(layers, e.field or "")
+        raise VhError(e.message, path=where, field=e.field, code=e.code) from None
     return cfg
+
+
+def _last_to_touch(layers: list[tuple[str, dict]], key: str) -> str | None:
+    """The last source that set anything in the section of ``key`` (None: the defaults did)."""
+    section = key.split("[")[0].split(".")[:-1]
+    for source, data in reversed(layers):
+        node: Any = data
+        for part in section:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            return source
+    return None
 
 
 def to_dict(obj: Any) -> Any:
@@ -324,5 +592,9 @@ def to_dict(obj: Any) -> Any:
 
 
 def from_dict(cls: type, data: dict) -> Any:
-    """Inverse of :func:`to_dict` (strict), e.g. to read a config recorded with an artifact."""
-    return build(cls, data)
+    """Inverse of :func:`to_dict` (strict, range-checked), e.g. to read a config recorded with
+    an artifact: a recorded value out of range is refused like a typed one."""
+    prefix = section_prefix(cls) or ""
+    obj = build(cls, data, prefix)
+    validate(obj, prefix)
+    return obj

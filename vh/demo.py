@@ -22,20 +22,34 @@ from pathlib import Path
 
 import numpy as np
 
+from vh import durable
 from vh.config import Config, builtin_config, load_config
 from vh.errors import VhError
 from vh.progress import say
 
-# the comparisons the demo fits: run name -> (target kind, arch, cache)
-STUDY = {
-    "probe-ordinal": ("ordinal", "probe", "cache-trunk"),
-    "probe-categorical": ("tiles", "probe", "cache-trunk"),
-    "mlp-ordinal": ("ordinal", "mlp", "cache-trunk"),
-    "mlp-categorical": ("tiles", "mlp", "cache-trunk"),
-    "probe-return": ("return", "probe", "cache-trunk"),
-    "baseline-onehot-probe-ordinal": ("ordinal", "probe", "cache-onehot"),
-}
+# the seed's four comparisons are these shipped configs: the demo takes each one's target kind
+# and head arch (sizes and schedule come from configs/demo.toml, sized for a laptop)
+SEED_COMPARISONS = ("probe_ordinal", "probe_categorical", "mlp_ordinal", "mlp_categorical")
 
+
+def study() -> dict[str, tuple[str, str, str]]:
+    """The runs the demo fits, in order: run name -> (target kind, arch, cache).
+
+    The seed's four comparisons (from their configs), a return head, and the raw-board
+    baseline's ordinal probe.
+    """
+    runs = {}
+    for name in SEED_COMPARISONS:
+        c = load_config([builtin_config(name)])
+        runs[name.replace("_", "-")] = (c.fit.target.kind, c.fit.head.arch, "cache-trunk")
+    runs["probe-return"] = ("return", "probe", "cache-trunk")
+    kind, arch, _ = runs["probe-ordinal"]
+    runs["baseline-onehot-probe-ordinal"] = (kind, arch, "cache-onehot")
+    return runs
+
+
+# what the demo writes in its folder, one entry per stage
+DEMO_ENTRIES = ("dataset", "trunk", "cache-trunk", "cache-onehot", "runs", "report")
 
 # the demo's random trunk: the 32-wide preset embeds ~270k states in well under a minute on two
 # CPU cores, where the 128-wide one needs several (the demo's budget is 5 minutes in all)
@@ -71,6 +85,19 @@ def pick_thresholds(highest_tile: np.ndarray, lo: float = 0.03, hi: float = 0.97
     return tuple(ts)
 
 
+def _claim(out: Path) -> None:
+    """Mark ``out`` as a demo folder (created if absent) when all of it is the demo's.
+
+    A fresh folder, or one holding only what the demo writes (a demo of a vh before the
+    markers), is claimed; a folder holding anything else is written into but never marked,
+    so nothing of the user's is ever taken for vh's.
+    """
+    if not out.is_dir():
+        durable.claim(out, "demo")
+    elif durable.owner(out) is None and set(durable.entries(out)) <= set(DEMO_ENTRIES):
+        durable.claim(out, "demo")
+
+
 def _stage(name: str, done_marker: Path, fn, *args) -> None:
     if done_marker.exists():
         say(f"demo: {name}: already done, reusing {done_marker.parent}")
@@ -81,13 +108,14 @@ def _stage(name: str, done_marker: Path, fn, *args) -> None:
     say(f"demo: {name}: done in {time.perf_counter() - t:.1f} s")
 
 
-def run_demo(out, cfg: Config, *, init=None) -> dict:
+def run_demo(out, cfg: Config, *, init=None, trust_pickle: bool = False) -> dict:
     """Run every stage under ``out``; returns the report's metrics.
 
     Args:
         out: the demo dir.
         cfg: the resolved config (``configs/demo.toml`` plus overrides).
         init: a trunk init dir to use instead of a seeded random one.
+        trust_pickle: unpickle a ``.pt`` trunk fully (runs its code; see ``load_trunk``).
     """
     from vh.cache.reader import open_cache
     from vh.eval.run import evaluate
@@ -97,7 +125,7 @@ def run_demo(out, cfg: Config, *, init=None) -> dict:
     from vh.heads.api import fit
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out)
     t0 = time.perf_counter()
 
     # ---- 1. dataset
@@ -117,7 +145,7 @@ def run_demo(out, cfg: Config, *, init=None) -> dict:
     onehot = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, trunk="onehot"))
     for name, c, trunk in (("cache-trunk", cfg, init), ("cache-onehot", onehot, None)):
         say(f"demo: extract {name} ...")
-        if run_extract(dataset, trunk, out / name, c).already_complete:
+        if run_extract(dataset, trunk, out / name, c, trust_pickle=trust_pickle).already_complete:
             say(f"demo: extract {name}: already done, reusing {out / name}")
 
     # ---- 4. heads: thresholds that split the runs actually played
@@ -128,7 +156,7 @@ def run_demo(out, cfg: Config, *, init=None) -> dict:
         f"(real 2048 data would use 1024..32768)"
     )
     run_dirs = []
-    for name, (kind, arch, cache) in STUDY.items():
+    for name, (kind, arch, cache) in study().items():
         target = dataclasses.replace(cfg.fit.target, kind=kind, thresholds=thresholds)
         head = dataclasses.replace(cfg.fit.head, arch=arch)
         fcfg = dataclasses.replace(cfg.fit, target=target, head=head)

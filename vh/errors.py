@@ -38,3 +38,36 @@ class VhError(Exception):
         head = ": ".join(parts)
         text = f"{head}: {self.message}" if head else self.message
         return " ".join(text.split())  # always one line
+
+
+def require_regular_file(path: str | os.PathLike, *, field: str | None = None) -> str:
+    """Refuse anything that is not a regular file once links are resolved.
+
+    A FIFO, socket or device named like an input would make ``open()`` block forever or read
+    endless bytes; a folder gives a confusing error further down. Call this before opening any
+    file vh is handed.
+
+    Args:
+        path: the file to check.
+        field: the field or role of the file, for the message.
+
+    Returns:
+        ``path`` as a string, for chaining.
+    """
+    import stat
+
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)  # follows links
+    except FileNotFoundError:
+        raise VhError("no such file", path=p, field=field) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(st.st_mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device or socket"
+        )
+        raise VhError(f"not a regular file ({kind}); refusing to read it", path=p, field=field)
+    return p

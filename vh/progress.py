@@ -1,9 +1,20 @@
-"""Progress lines for long work: rows/s and ETA on stderr, at most every ``every`` seconds."""
+"""Progress lines for long work, and the one way the phases report lines.
+
+Every phase takes ``log``: a callable receiving one line (:func:`say`, stderr, by default;
+``None`` silences). :class:`Progress` prints rows/s and ETA through such a ``log``, at most
+every ``every`` seconds.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+
+
+def say(line: str) -> None:
+    """Print one progress or notice line on stderr (the default ``log`` of the phases)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _fmt_secs(s: float) -> str:
@@ -21,7 +32,10 @@ class Progress:
         label: what is being done, e.g. ``"extract"``.
         unit: unit of work for the rate.
         every: minimum seconds between two lines.
-        stream: where lines go (stderr by default; ``None`` silences).
+        log: receives each line (:func:`say` by default; ``None`` silences).
+        done: work already done before this run (a resumed one): not counted in the rate.
+        delay: no line before this many seconds (work that ends sooner prints nothing; 0:
+            the first update prints at once).
     """
 
     def __init__(
@@ -30,21 +44,24 @@ class Progress:
         label: str,
         unit: str = "rows",
         every: float = 1.0,
-        stream=sys.stderr,
+        log: Callable[[str], None] | None = say,
         done: int = 0,
+        delay: float = 0.0,
     ):
         self.total, self.label, self.unit, self.every = total, label, unit, every
-        self.stream = stream
+        self.log = log
         self.done = done
         self._start_done = done
         self.t0 = time.perf_counter()
-        self._last = 0.0
+        self._next = self.t0 + delay  # the earliest time of the next line
+        self.lines = 0  # lines printed so far
 
     def update(self, n: int, extra: str = "") -> None:
+        """Count ``n`` more units of work; print a line if ``every`` seconds have passed."""
         self.done += n
         now = time.perf_counter()
-        if self.stream is not None and now - self._last >= self.every:
-            self._last = now
+        if self.log is not None and now >= self._next:
+            self._next = now + self.every
             self._emit(now, extra)
 
     def _emit(self, now: float, extra: str = "") -> None:
@@ -62,16 +79,12 @@ class Progress:
             msg += f" {self.unit} {rate:,.0f} {self.unit}/s"
         if extra:
             msg += f" {extra}"
-        print(msg, file=self.stream, flush=True)
+        self.lines += 1
+        self.log(msg)
 
     def close(self, extra: str = "") -> float:
         """Print a final line; returns elapsed seconds."""
         now = time.perf_counter()
-        if self.stream is not None:
+        if self.log is not None:
             self._emit(now, extra)
         return now - self.t0
-
-
-def say(line: str) -> None:
-    """Print one progress or notice line on stderr (the default ``log`` of the phases)."""
-    print(line, file=sys.stderr, flush=True)

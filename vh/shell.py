@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import sys
-from pathlib import Path
 
 import click
 
@@ -122,21 +121,3 @@ def config_options(fn):
 def done(message: str) -> None:
     """The closing line of a command: what it wrote where."""
     click.echo(message)
-
-
-def replace_md_section(path: Path, name: str, text: str) -> None:
-    """Replace (or append) the ``## name`` section of a markdown file (BENCHMARKS.md), keeping
-    the other sections: each ``vh bench`` command owns one section."""
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmarks", ""]
-    head = f"## {name}"
-    start = next((i for i, line in enumerate(lines) if line.strip() == head), None)
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += ["", *text.rstrip("\n").splitlines()]
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        lines[start:end] = [*text.rstrip("\n").splitlines(), ""]
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")

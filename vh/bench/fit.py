@@ -10,15 +10,14 @@ one head. Lives in the shell (it imports torch); the heads never do.
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from vh.bench.report import Section, goal, machine, number, section, table, times, today
 from vh.config import FitConfig
-from vh.shell import replace_md_section
 
 K_THRESHOLDS = 6
 
@@ -58,13 +57,12 @@ def _jax_runner(x, y, cfg: FitConfig, arch: str, members: int):
     model, objective = make_head(arch, spec, cfg.head), make_objective(spec, cfg.loss)
     grid = [T.Member(f"m{i:03d}", cfg.train.lr * (1 + i), cfg.train.wd, i) for i in range(members)]
     mesh = T.make_mesh()
-    batch, micro = T.batch_layout(cfg.train.batch_size, cfg.train.microbatch, len(x), mesh.size)
-    data = T.DeviceData(x, y, x[:batch], y[:batch], batch, mesh, seed=0, micro=micro)
+    b = T.Batching.plan(requested=cfg.train.batch_size, micro=cfg.train.microbatch,
+                        n_train=len(x), n_dev=mesh.size, seed=0)  # fmt: skip
+    data = T.DeviceData(x_train=x, y_train=y, x_val=x[: b.batch], y_val=y[: b.batch],
+                        batching=b, mesh=mesh)  # fmt: skip
     factor = T.lr_factor(cfg.train, 1)
-    data.bind(
-        (model, objective, "bench", mesh),
-        lambda: (T.make_step(model, objective, factor), T.make_eval(model, objective)),
-    )
+    data.bind(T.make_step(model, objective, factor), T.make_eval(model, objective))
     box = {"state": T.replicate(T.init_state(model, grid, x.shape[1]), mesh), "epoch": 0}
     keys = T.replicate(T.member_keys(grid)[1], mesh)
 
@@ -136,7 +134,7 @@ def _torch_child(conn, path: str, cfg: dict, seed_batch: int) -> None:
     """The PyTorch contenders, in a process of their own (no JAX thread pool next to them)."""
     from vh.config import from_dict
 
-    data = np.load(path)
+    data = np.load(path, allow_pickle=False)
     fcfg = from_dict(FitConfig, cfg)
     runners = {
         "torch": _torch_runner(data["x"], data["y"], fcfg),
@@ -178,6 +176,21 @@ class _TorchProcess:
         self.proc.join()
 
 
+def _time_rounds(runners: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of every contender in each round; round 0 compiles and warms up, unrecorded.
+
+    Every contender runs once per round, one after the other, so load from other processes on
+    a shared machine hits them alike.
+    """
+    t = {k: [] for k in runners}
+    for r in range(rounds + 1):
+        for k, run in runners.items():
+            seconds = run()
+            if r:
+                t[k].append(seconds)
+    return t
+
+
 def run_bench(
     cfg: FitConfig,
     *,
@@ -187,13 +200,11 @@ def run_bench(
     rounds: int,
     seed_batch: int,
     mlp_rows: int,
-    md: str | None,
-) -> str:
-    """Run the comparisons in interleaved rounds and return them as a markdown section.
+) -> Section:
+    """Run the comparisons in interleaved rounds and return them as the ``fit`` section.
 
-    Every contender runs once per round, one after the other, so load from other processes
-    on a shared machine hits them alike: rows/s come from each one's fastest round (load only
-    ever adds time), ratios are the median over rounds of the ratio within a round.
+    Rows/s come from each contender's fastest round (load only ever adds time), ratios are
+    the median over rounds of the ratio within a round.
 
     Args:
         cfg: the fit config (batch size, micro-batch, lr, wd, MLP width).
@@ -202,17 +213,13 @@ def run_bench(
         rounds: timed rounds (after one warm-up round that also compiles).
         seed_batch: states per timed batch of the seed's in-loop trunk.
         mlp_rows: rows of the MLP epoch slice.
-        md: markdown file whose section ``fit`` is replaced with the results.
 
     Returns:
-        The markdown section.
+        The section (see :func:`vh.bench.report.publish`).
     """
-    import jax
-    import torch
-
     load = os.getloadavg()[0]
     x, y = _states(rows, dim, cache)
-    n, m = len(x), min(mlp_rows, len(x))
+    m = min(mlp_rows, len(x))
     with tempfile.TemporaryDirectory() as tmp:
         torch_proc = _TorchProcess(x, y, cfg, seed_batch, tmp)
         runners = {
@@ -223,14 +230,18 @@ def run_bench(
             "torch": torch_proc.runner("torch"),
             "seed": torch_proc.runner("seed"),
         }
-        t = {k: [] for k in runners}
-        for r in range(rounds + 1):
-            for k, run in runners.items():
-                seconds = run()
-                if r:  # round 0 compiles and warms up
-                    t[k].append(seconds)
+        t = _time_rounds(runners, rounds)
         torch_proc.close()
+    n = len(x)
     work = {"probe": n, "grid8": n, "grid64": n, "mlp": m, "torch": n, "seed": seed_batch}
+    run = {"rows": rows, "dim": dim, "rounds": rounds, "cache": cache, "load": load, "m": m}
+    return _section(cfg, x, run, seed_batch, work, t)
+
+
+def _section(cfg: FitConfig, x, run: dict, seed_batch: int, work: dict, t: dict) -> Section:
+    """The ``fit`` section from each contender's work (rows) and seconds per round."""
+
+    n, m = len(x), run["m"]
     rate = {k: work[k] / min(v) for k, v in t.items()}  # rows per second, fastest round
     per = {k: np.array([work[k] / s for s in v]) for k, v in t.items()}  # rows/s each round
 
@@ -239,69 +250,86 @@ def run_bench(
 
     vs_seed, vs_torch = ratio("probe", "seed"), ratio("probe", "torch")
     g8, g64 = 1 / ratio("grid8", "probe"), 1 / ratio("grid64", "probe")  # epoch-time ratios
-    table = [
-        ("(a) probe, one epoch (JAX, data on the device, epoch in lax.scan)", rate["probe"], ""),
-        (f"(a) MLP head H={cfg.head.hidden}, epochs of a {m:,}-row slice", rate["mlp"], ""),
+    contenders = [  # (what, rows/s, members, ratio)
+        ("(a) probe, one epoch (JAX, data on the device, epoch in lax.scan)", "probe", 1, ""),
+        (f"(a) MLP head H={cfg.head.hidden}, epochs of a {m:,}-row slice", "mlp", 1, ""),
         (
             f"(b) seed's design: 288×10 bf16 trunk in the loop + probe (torch), batches of "
             f"{seed_batch:,}",
-            rate["seed"],
-            f"probe {vs_seed:,.0f}× faster",
+            "seed",
+            1,
+            f"probe {times(vs_seed, 0)} faster",
         ),
         (
             "(c) plain PyTorch loop over the cached embeddings (probe)",
-            rate["torch"],
-            f"probe {vs_torch:.2f}× as fast",
+            "torch",
+            1,
+            f"probe {times(vs_torch)} as fast",
         ),
         (
             "(d) 8-member vmapped probe grid (rows × members)",
-            8 * rate["grid8"],
-            f"epoch {g8:.2f}× one head's",
+            "grid8",
+            8,
+            f"epoch {times(g8)} one head's",
         ),
         (
             "(d) 64-member vmapped probe grid (rows × members)",
-            64 * rate["grid64"],
-            f"epoch {g64:.2f}× one head's",
+            "grid64",
+            64,
+            f"epoch {times(g64)} one head's",
         ),
     ]
     goals = [
-        (f"probe ≥ 2,000× the seed's in-loop trunk: {vs_seed:,.0f}×", vs_seed >= 2000),
-        (f"probe at least as fast as the PyTorch loop: {vs_torch:.2f}×", vs_torch >= 1.0),
-        (f"8-head grid ≤ 2.5× one head: {g8:.2f}×", g8 <= 2.5),
-        (f"MLP head ≥ 60k rows/s: {rate['mlp']:,.0f}", rate["mlp"] >= 60_000),
+        goal(f"probe ≥ 2,000× the seed's in-loop trunk: {times(vs_seed, 0)}", vs_seed >= 2000),
+        goal(f"probe at least as fast as the PyTorch loop: {times(vs_torch)}", vs_torch >= 1.0),
+        goal(f"8-head grid ≤ 2.5× one head: {times(g8)}", g8 <= 2.5),
+        goal(f"MLP head ≥ 60k rows/s: {number(rate['mlp'])}", rate["mlp"] >= 60_000),
     ]
-    lines = [
-        "## fit",
-        "",
-        f"`vh bench fit --rows {rows} --dim {dim} --rounds {rounds}"
-        + (f" --cache {cache}" if cache else "")
-        + " --md BENCHMARKS.md` — "
-        f"{n:,} cached float16 states × {x.shape[1]}, 6 ordinal thresholds, batch "
-        f"{cfg.train.batch_size:,} in micro-batches of {cfg.train.microbatch:,}; "
-        f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-        f"({jax.devices()[0].platform}), torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads); {time.strftime('%Y-%m-%d')}. Load average {load:.1f} at the start (a shared "
-        f"machine): {rounds} interleaved rounds after a warm-up one; rows/s from each "
-        "contender's fastest round, ratios the median of the per-round ratios; the PyTorch "
-        "contenders run in a process of their own.",
-        "",
-        f"| what | rows/s | seconds per {n:,}-row epoch | ratio |",
-        "| --- | ---: | ---: | --- |",
-        *[f"| {w} | {r:,.0f} | {n / r:,.2f} | {c} |" for w, r, c in table[:4]],
-        *[
-            f"| {w} | {r:,.0f} | {mult * n / r:,.2f} | {c} |"
-            for (w, r, c), mult in zip(table[4:], (8, 64), strict=True)
-        ],
-        "",
-        "Goals: " + "; ".join(f"{g} ({'met' if ok else 'NOT met'})" for g, ok in goals) + ".",
-        "",
+    setup = _setup(cfg, x, run)
+    # a grid's rows/s count rows × members; its epoch still takes n / rate seconds
+    rows = [
+        [what, number(members * rate[k]), number(n / rate[k], 2), r]
+        for what, k, members, r in contenders
+    ]
+    scale = (
         "Under load the PyTorch contenders lose more than the XLA ones. For scale, the quiet-"
         "machine figures of MEASUREMENTS.md (the seed's trunk ~1,085 states/s; a PyTorch probe "
         f"loop ~0.8 s per 2M-row epoch, 2.5M rows/s) put this probe rate at "
-        f"{rate['probe'] / 1085:,.0f}× and {rate['probe'] / 2.5e6:.2f}× those.",
-        "",
-    ]
-    text = "\n".join(lines)
-    if md:
-        replace_md_section(Path(md), "fit", text)
-    return text
+        f"{times(rate['probe'] / 1085, 0)} and {times(rate['probe'] / 2.5e6)} those."
+    )
+    return section(
+        "fit",
+        setup,
+        table(
+            ["what", "rows/s", f"seconds per {n:,}-row epoch", "ratio"],
+            [False, True, True, False],
+            rows,
+        ),
+        "Goals: " + "; ".join(goals) + ".",
+        scale,
+        closing=f"benchmarked vh fit on {run['rows']:,} rows: probe {times(vs_seed, 0)} the "
+        f"seed's in-loop trunk, {times(vs_torch)} a PyTorch loop",
+    )
+
+
+def _setup(cfg: FitConfig, x, run: dict) -> str:
+    """The section's first paragraph: the command, the data, the machine, how it was timed."""
+    import jax
+    import torch
+
+    n = len(x)
+    command = (
+        f"`vh bench fit --rows {run['rows']} --dim {run['dim']} --rounds {run['rounds']}"
+        + (f" --cache {run['cache']}" if run["cache"] else "")
+        + " --md BENCHMARKS.md`"
+    )
+    setup = (
+        f"{command} — {n:,} cached float16 states × {x.shape[1]}, 6 ordinal thresholds, batch "
+        f"{cfg.train.batch_size:,} in micro-batches of {cfg.train.microbatch:,}; "
+        f"{machine()}, jax {jax.__version__} ({jax.devices()[0].platform}), torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads); {today()}. Load average "
+        f"{run['load']:.1f} at the start (a shared machine): {run['rounds']} interleaved rounds "
+        "after a warm-up one; rows/s from each contender's fastest round, ratios the median of "
+        "the per-round ratios; the PyTorch contenders run in a process of their own."
+    )
+    return setup

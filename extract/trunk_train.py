@@ -1,0 +1,494 @@
+"""``vh trunk train``: train the trunk's ``Encoder`` on a dataset's recorded moves.
+
+The network is the ecosystem's :class:`~vh.extract.encoder.Encoder` with its ``action_policy``
+head (``policy_head``, Linear(H, 4) on the mean-pooled ``final_ln`` output), so the result is
+an ordinary init dir that :func:`vh.extract.trunk.load_trunk` opens strictly. The loss is the
+cross-entropy of the recorded move under the softmax over the LEGAL moves only
+(:func:`masked_ce`).
+
+Legality comes from the decoded boards through the engine (:func:`legal_moves`), not from a
+dataset's ``ev_legal`` column: only the packed layouts carry it, and it is the one field whose
+mistakes would silently change the loss. A row whose recorded move the engine calls illegal
+is dropped and counted in the record.
+
+Which rows: the TRAINING runs of the hash split ``vh fit`` makes by default
+(:func:`vh.heads.splits.split_runs`, ``fit.split``'s default seed and fractions unless a
+config says otherwise); validation runs give the accuracy reported; test runs are never read
+into the model. The init dir records the rule (:mod:`vh.extract.trunk_record`) so that
+``vh eval`` can tell when a head's test runs were seen by its trunk.
+
+Determinism and resume: the weights start from :meth:`Encoder.init_weights` (numpy, seeded),
+each epoch's order is a permutation from one seeded PCG64 stream, and on CPU torch runs its
+deterministic algorithms. After every epoch the model, AdamW's state, the epoch and the
+stream's state are written as a safetensors file plus ``train_state.json`` (no pickle; see
+:mod:`vh.extract.trunk_state`), so a killed run, or a rerun asking for more epochs, continues
+bit for bit where the last finished epoch left off. The learning rate is constant for that
+reason (a schedule over "all epochs" would change with ``--epochs``).
+
+Axes: N = rows, B = a batch, 16 = cells / tokens, 4 = moves (UDLR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vh import durable
+from vh.config import SplitConfig, TrunkTrainConfig, validate
+from vh.errors import VhError
+from vh.extract import engine
+from vh.extract.board import MAX_EXP, pack
+from vh.extract.dataset import open_dataset
+from vh.extract.encoder import Encoder
+from vh.extract.trunk_config import PRESETS, TrunkConfig, preset_config
+from vh.extract.trunk_record import RECORD_KEY, id_ranges, ids_sha256, split_record
+from vh.extract.trunk_state import (
+    INIT_FILES,
+    TrainState,
+    clear_state,
+    link_state,
+    read_state,
+    write_state,
+)
+from vh.heads.splits import TRAIN, VAL, check_nonempty, split_runs
+from vh.progress import Progress, say
+
+EVAL_BATCH = 4096  # rows per forward when measuring accuracy (no gradients kept)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Moves:
+    """The rows of one split: boards, the move recorded and the legal moves.
+
+    Attributes:
+        tokens: uint8 ``(N, 16)`` tile exponents (the trunk's tokens).
+        move: int64 ``(N,)`` the recorded move, UDLR.
+        legal: bool ``(N, 4)`` legal moves by the engine; ``legal[i, move[i]]`` always holds.
+    """
+
+    tokens: np.ndarray
+    move: np.ndarray
+    legal: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.move.shape[0])
+
+
+def legal_moves(exps: np.ndarray) -> np.ndarray:
+    """Legal moves of each board by the engine, bool ``(N, 4)`` in UDLR order.
+
+    Boards of exponents 0..15 go through the packed-board tables; the rare boards holding a
+    65536 tile (exponent 16, which a packed board cannot hold) move as exponents, one by one.
+    """
+    e = np.asarray(exps, np.uint8)
+    out = np.zeros((e.shape[0], 4), bool)
+    small = e.max(axis=1, initial=0) < MAX_EXP
+    bits = engine.legal_mask(pack(e[small])[0])
+    out[small] = ((bits[:, None] >> np.arange(4, dtype=np.uint8)) & 1).astype(bool)
+    for i in np.flatnonzero(~small):
+        for d in range(4):
+            try:
+                moved, _ = engine.move_exps(e[i : i + 1], np.array([d]))
+                out[i, d] = bool(np.any(moved != e[i]))
+            except VhError:  # two 65536 tiles would merge: the move changes the board
+                out[i, d] = True
+    return out
+
+
+def read_moves(ds, row_split: np.ndarray, codes: tuple[int, ...]) -> tuple[dict, int]:
+    """The rows of the splits ``codes`` from the dataset, with their legal moves.
+
+    Args:
+        ds: an opened, validated :class:`~vh.extract.dataset.Dataset`.
+        row_split: u8 split code of each run of ``ds.runs`` (in its order).
+        codes: which split codes to keep.
+
+    Returns:
+        ``({code: Moves}, rows dropped because the recorded move is illegal)``.
+    """
+    parts: dict[int, list] = {c: [] for c in codes}
+    dropped = 0
+    for chunk in ds.iter_chunks():
+        pos, _ = ds.runs.positions(chunk.run_id)  # validated: every run id is known
+        code = row_split[pos]
+        for c in codes:
+            sel = np.flatnonzero(code == c)
+            exps, move = chunk.exps[sel], chunk.move[sel].astype(np.int64)
+            legal = legal_moves(exps)
+            ok = legal[np.arange(sel.size), move]
+            dropped += int(np.sum(~ok))
+            parts[c].append((exps[ok], move[ok], legal[ok]))
+    out = {}
+    for c, p in parts.items():
+        if not p:
+            p = [(np.zeros((0, 16), np.uint8), np.zeros(0, np.int64), np.zeros((0, 4), bool))]
+        out[c] = Moves(*(np.concatenate(a) for a in zip(*p, strict=True)))
+    return out, dropped
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def masked_ce(logits: torch.Tensor, legal: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy of ``move`` under the softmax over the legal moves, float32 (B,).
+
+    ``logsumexp`` over the legal logits minus the recorded move's logit: illegal moves get
+    no probability and no gradient. The recorded move must be legal (:func:`read_moves`).
+    """
+    masked = logits.float().masked_fill(~legal, float("-inf"))
+    return F.cross_entropy(masked, move, reduction="none")
+
+
+def masked_argmax(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+    """The legal move with the highest logit, int64 (B,)."""
+    return logits.float().masked_fill(~legal, float("-inf")).argmax(dim=1)
+
+
+def baselines(train: Moves, val: Moves) -> dict[str, float]:
+    """Chance levels on ``val``: always the train split's most common move (when legal,
+    else a uniform legal move), and a uniform choice among the legal moves."""
+    if not len(val):
+        return {"majority_move": float("nan"), "uniform_legal": float("nan")}
+    major = int(np.bincount(train.move, minlength=4).argmax()) if len(train) else 0
+    n_legal = val.legal.sum(axis=1)
+    hit = np.where(val.legal[:, major], val.move == major, 1.0 / n_legal)
+    return {
+        "majority_move": float(np.mean(hit)),
+        "majority_move_is": "UDLR"[major],
+        "uniform_legal": float(np.mean(1.0 / n_legal)),
+    }
+
+
+# --------------------------------------------------------------------------- the trunk config
+
+
+def resolve_config(
+    preset: str | None, config: str | os.PathLike | None, vocab: int
+) -> tuple[dict, str]:
+    """The config.json to train: a preset, or a given file checked by ``TrunkConfig``.
+
+    The head becomes ``action_policy`` (a given binned_ev head or value head is dropped: only
+    the policy head is trained). Returns ``(raw config, where it came from)``.
+    """
+    if preset is not None and config is not None:
+        raise VhError("give --preset or --config, not both", field="--config")
+    if config is None:
+        preset = preset or "tiny"
+        if preset not in PRESETS:
+            raise VhError(
+                f"unknown preset {preset!r} (valid: {', '.join(PRESETS)})", field="--preset"
+            )
+        return preset_config(preset, vocab=vocab, head_type="action_policy"), f"preset {preset}"
+    raw = durable.read_json(config, "config.json")
+    TrunkConfig.from_dict(raw, config)  # every field's type and range, as load_trunk checks
+    raw = {k: v for k, v in raw.items() if k not in (RECORD_KEY, "vh_init")}
+    raw.update(head_type="action_policy", output_n_bins=None, value_head=None)
+    return raw, str(config)
+
+
+def _check_vocab(cfg: TrunkConfig, max_exponent: int, where: str) -> None:
+    if max_exponent >= cfg.input_vocab_size:
+        raise VhError(
+            f"the dataset holds tile exponent {max_exponent} but the trunk's vocab is "
+            f"{cfg.input_vocab_size} (17 embeds the 65536 tile)",
+            path=where,
+            field="input_vocab_size",
+        )
+
+
+# --------------------------------------------------------------------------- training
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device, seed: int):
+    """Torch's deterministic algorithms and seed while training on CPU; restored after."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)  # nothing here draws from torch's RNG; set anyway, for SDPA & co
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def _batch(data: Moves, idx: np.ndarray, device: torch.device):
+    tok = torch.from_numpy(data.tokens[idx].astype(np.int64)).to(device)
+    legal = torch.from_numpy(data.legal[idx]).to(device)
+    move = torch.from_numpy(data.move[idx]).to(device)
+    return tok, legal, move
+
+
+def train_epoch(model, opt, data: Moves, order: np.ndarray, batch: int, device, prog=None):
+    """One pass over ``data`` in ``order``; returns ``(mean loss, accuracy)`` of its batches."""
+    model.train()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(order), batch):
+        tok, legal, move = _batch(data, order[i : i + batch], device)
+        logits = model(tok)[1]
+        loss = masked_ce(logits, legal, move)
+        opt.zero_grad(set_to_none=True)
+        loss.mean().backward()
+        opt.step()
+        loss_sum += float(loss.detach().sum())
+        correct += int((masked_argmax(logits.detach(), legal) == move).sum())
+        if prog is not None:
+            done = min(i + batch, len(order))
+            prog.update(move.shape[0], f"loss {loss_sum / done:.3f} acc {correct / done:.3f}")
+    n = max(len(order), 1)
+    return loss_sum / n, correct / n
+
+
+@torch.no_grad()
+def evaluate(model, data: Moves, device) -> tuple[float, float]:
+    """``(mean masked CE, accuracy of the legal argmax)`` over ``data`` (nan without rows)."""
+    if not len(data):
+        return float("nan"), float("nan")
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(data), EVAL_BATCH):
+        tok, legal, move = _batch(data, np.arange(i, min(i + EVAL_BATCH, len(data))), device)
+        logits = model(tok)[1]
+        loss_sum += float(masked_ce(logits, legal, move).sum())
+        correct += int((masked_argmax(logits, legal) == move).sum())
+    return loss_sum / len(data), correct / len(data)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_trunk` did: the init dir, its record, and this run's share."""
+
+    out: Path
+    record: dict
+    epochs_run: int  # epochs trained by this call (0: already complete)
+    rows_per_s: float  # training rows/s of this call (0 without epochs)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VhError("CUDA is not available on this machine", field="--device")
+    return torch.device(name)
+
+
+def _check_split(cfg: SplitConfig) -> None:
+    if (cfg.train_where + cfg.val_where + cfg.test_where).strip():
+        raise VhError(
+            "trunk training takes a hash split only (no SQL predicates): the record must "
+            "let vh eval rebuild it from run ids",
+            field="fit.split",
+        )
+    validate(cfg, "fit.split.")
+
+
+def _runs_identity(ds) -> str:
+    """sha256 of the runs table (ids, steps, scores, tiles, seeds): which dataset this is."""
+    r = ds.runs
+    cols = (r.id, r.steps, r.final_score, r.highest_tile, r.seed)
+    return ids_sha256(np.concatenate([np.asarray(c, np.int64) for c in cols]))
+
+
+def train_trunk(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    tcfg: TrunkTrainConfig,
+    *,
+    preset: str | None = None,
+    config: str | os.PathLike | None = None,
+    split: SplitConfig | None = None,
+    overwrite: bool = False,
+    log=say,
+) -> TrainResult:
+    """Train a trunk on the training runs' moves and write the init dir ``out``.
+
+    Args:
+        dataset: the dataset dir.
+        out: the init dir (config.json, model.safetensors, the train state).
+        tcfg: epochs, batch size, lr, weight decay, seed, device.
+        preset: a key of ``PRESETS`` (default tiny), or
+        config: a trunk config.json to train instead.
+        split: the hash split (default: ``fit.split``'s defaults, as ``vh fit``).
+        overwrite: start again over an init dir vh wrote (else it resumes or is refused).
+        log: receives progress lines.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    split = split if split is not None else SplitConfig()
+    validate(tcfg, "trunk.")
+    _check_split(split)
+    device = _device(tcfg.device)
+    inputs = {"--dataset": dataset, "--config": config}
+    durable.check_not_input(out, inputs)
+
+    # ---- inputs, all checked before --out is touched
+    ds = open_dataset(dataset)
+    scan = ds.validate()
+    vocab = 17 if scan.max_exponent >= MAX_EXP else 16
+    raw, where = resolve_config(preset, config, vocab)
+    cfg = TrunkConfig.from_dict(raw, where)
+    _check_vocab(cfg, scan.max_exponent, where)
+    run_ids = np.asarray(ds.runs.id, np.int64)
+    codes = split_runs(run_ids, split)
+    check_nonempty(codes, run_ids, split)
+    identity = {
+        "config": raw,
+        "dataset_runs_sha256": _runs_identity(ds),
+        "split": split_record(split),
+        **{k: getattr(tcfg, k) for k in ("batch_size", "lr", "wd", "seed")},
+    }
+
+    # ---- the output: resume, refuse, or start
+    durable.recover_dir(out)
+    state = _prepare_out(Path(out), identity, tcfg.epochs, overwrite)
+    done = _read_record(Path(out))
+    if state is not None and state.epoch == tcfg.epochs == done.get("epochs"):
+        if log is not None:
+            log(f"trunk train: {out} already holds {state.epoch} epochs; nothing to do")
+        return TrainResult(Path(out), done, 0, 0.0)
+    durable.claim(out, "init")
+
+    data, dropped = read_moves(ds, codes, (TRAIN, VAL))
+    train, val = data[TRAIN], data[VAL]
+    if not len(train):
+        raise VhError("no training rows with a legal recorded move", path=dataset, field="move")
+    record = {
+        "dataset": str(Path(dataset).resolve()),
+        "dataset_runs_sha256": identity["dataset_runs_sha256"],
+        "split": split_record(split),
+        "dataset_runs": id_ranges(run_ids),
+        "train_runs": {
+            "count": int(np.sum(codes == TRAIN)),
+            "sha256": ids_sha256(run_ids[codes == TRAIN]),
+        },
+        "val_runs": {"count": int(np.sum(codes == VAL))},
+        "rows": {"train": len(train), "val": len(val), "dropped_illegal_move": dropped},
+        "source": where,
+        "optimizer": "AdamW",
+        **{k: identity[k] for k in ("batch_size", "lr", "wd", "seed")},
+        "val_baselines": baselines(train, val),
+    }
+
+    with deterministic(device, tcfg.seed):
+        model = Encoder(cfg).init_weights(tcfg.seed).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.wd)
+        rng = np.random.Generator(np.random.PCG64(tcfg.seed))
+        history: list[dict] = []
+        if state is not None:
+            state.restore(model, opt, rng, device)
+            history = list(state.history)
+        start = len(history)
+        t0 = time.perf_counter()
+        for epoch in range(start, tcfg.epochs):
+            history.append(_one_epoch(model, opt, rng, train, val, tcfg, device, epoch, log))
+            write_state(Path(out), model, opt, rng, epoch + 1, history, identity)
+            durable.kill_point("trunk-train:epoch")
+        seconds = time.perf_counter() - t0
+    record.update(_final_figures(history))
+    _write_init_dir(Path(out), model, raw, record)
+    ran = tcfg.epochs - start
+    return TrainResult(Path(out), record, ran, ran * len(train) / seconds if seconds > 0 else 0.0)
+
+
+def _one_epoch(model, opt, rng, train, val, tcfg, device, epoch, log) -> dict:
+    """Train one epoch, measure validation; the history entry (losses, accuracies, rows/s)."""
+    label = f"trunk train epoch {epoch + 1}/{tcfg.epochs}"
+    prog = Progress(len(train), label, log=log)
+    order = rng.permutation(len(train))
+    loss, acc = train_epoch(model, opt, train, order, tcfg.batch_size, device, prog)
+    seconds = prog.close(f"loss {loss:.3f} acc {acc:.3f}")
+    val_loss, val_acc = evaluate(model, val, device)
+    if log is not None:
+        log(
+            f"{label}: train loss {loss:.4f} acc {acc:.4f}, val loss {val_loss:.4f} acc {val_acc:.4f}"
+        )
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss,
+        "train_accuracy": acc,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "rows_per_s": len(train) / seconds if seconds > 0 else 0.0,
+    }
+
+
+def _final_figures(history: list[dict]) -> dict:
+    """The record's figures from the last epoch (train: the running figures of its batches)."""
+    last = history[-1]
+    return {
+        "epochs": last["epoch"],
+        **{k: last[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
+        "history": history,
+    }
+
+
+def _prepare_out(out: Path, identity: dict, epochs: int, overwrite: bool) -> TrainState | None:
+    """The train state to resume from (None: start), after checking --out may be written."""
+    if not os.path.lexists(out) or (out.is_dir() and not durable.entries(out)):
+        return None
+    durable.check_owned(out, "init", files=INIT_FILES)
+    if overwrite:
+        clear_state(out)
+        return None
+    state = read_state(out)
+    if state is None:
+        raise VhError(
+            "holds a trunk that vh trunk train did not write (no train state); "
+            "--overwrite replaces it",
+            path=out,
+            field="--out",
+            code=3,
+        )
+    differs = sorted(k for k in identity if state.identity.get(k) != identity[k])
+    if differs:
+        raise VhError(
+            f"holds training with other settings ({', '.join(differs)} differ); rerun with "
+            "the same ones to resume, or --overwrite to start again",
+            path=out,
+            field="--out",
+            code=3,
+        )
+    if state.epoch > epochs:
+        raise VhError(
+            f"already trained {state.epoch} epochs, more than --epochs {epochs}; "
+            "--overwrite to start again",
+            path=out,
+            field="--epochs",
+            code=3,
+        )
+    return state
+
+
+def _read_record(out: Path) -> dict:
+    """The record of the init dir in ``out`` ({} when there is none yet)."""
+    rec = (durable.try_read_json(out / "config.json") or {}).get(RECORD_KEY)
+    return rec if isinstance(rec, dict) else {}
+
+
+def _write_init_dir(out: Path, model: Encoder, raw: dict, record: dict) -> None:
+    """config.json (with the record) + model.safetensors + the train state, as one folder
+    swap: a kill leaves the previous init dir or this one, never a mix."""
+    from safetensors.torch import save_file
+
+    import vh
+
+    tmp = durable.temp_dir(out)
+    durable.claim(tmp, "init")
+    link_state(out, tmp)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    durable.atomic_write(tmp / "model.safetensors", lambda p: save_file(weights, p))
+    config = {**raw, RECORD_KEY: {**record, "vh_version": vh.__version__}}
+    durable.atomic_write_json(tmp / "config.json", config, indent=2)
+    durable.replace_dir(tmp, out)
