@@ -212,6 +212,22 @@ def _write_runs(group: zarr.Group, runs: dict[str, np.ndarray]) -> None:
         )
 
 
+def _write_chunk_file(path: Path, parts: list) -> None:
+    """Write ``parts`` (buffers) as the file ``path``, then fdatasync it (kill point
+    ``unit:written`` between the two, as when zarr wrote it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:  # os.write may write less than asked (signals, >2 GiB)
+                view = view[os.write(fd, view) :]
+        ledger.failpoint("unit:written")
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fill_bytes(dtype: str, count: int) -> bytes:
     return np.full(count, np.nan, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
@@ -282,7 +298,7 @@ class CacheWriter:
                     field=f"columns/{name}",
                 )
             arr[:] = v
-            hashes[name] = hashlib.sha256(v.tobytes()).hexdigest()
+            hashes[name] = hashlib.sha256(v).hexdigest()  # reads v in place (no copy)
         ledger.fsync_tree(self.path / schema.COLUMNS)
         ledger.failpoint("columns:written")
         ledger.write_record(
@@ -292,9 +308,17 @@ class CacheWriter:
     def write_unit(self, unit: int, block: np.ndarray) -> dict:
         """Write one whole emb chunk, fsync it, then its ledger record.
 
+        The chunk file is written here directly, not through zarr: the exact bytes zarr's codec
+        chain (raw little-endian bytes + CRC32C trailer, :func:`schema.emb_codecs`) would
+        store, from ``block``'s own memory. Zarr's path made three more copies of every chunk
+        (encode, trailer, ``tobytes``) into fresh memory, which on these VMs runs below disk
+        speed (MEASUREMENTS.md); tests/test_cache.py checks the bytes against zarr's. Safe to
+        call from several threads for different units.
+
         Args:
             unit: the unit (= chunk) index.
-            block: ``(stop - start, D)`` rows of the unit, any float dtype (cast to the cache's).
+            block: ``(stop - start, D)`` rows of the unit, any float dtype (cast to the cache's;
+                no copy when it already is little-endian and C-contiguous in that dtype).
 
         Returns:
             The ledger record written.
@@ -308,27 +332,31 @@ class CacheWriter:
                 field=schema.EMB,
             )
         ledger.failpoint("unit:before")
-        self.emb[start:stop] = b
-        ledger.failpoint("unit:written")
+        crc = crc32c.crc32c(b)  # reads the buffer in place (no copy)
+        chunk_crc = self._chunk_crc(b, crc)
         chunk_file = self.path / schema.EMB / self.emb.metadata.encode_chunk_key((unit, 0))
+        pad = (self.emb.chunks[0] - b.shape[0]) * self.d
+        _write_chunk_file(
+            chunk_file,
+            [b, _fill_bytes(self.dtype, pad) if pad else b"", chunk_crc.to_bytes(4, "little")],
+        )
         # the data (and the new chunk's folder entries) must be durable before the record
-        for p in (chunk_file, chunk_file.parent, chunk_file.parent.parent):
+        for p in (chunk_file.parent, chunk_file.parent.parent):
             ledger.fsync_path(p)
         rec = {
             "unit": unit,
             "start": start,
             "stop": stop,
-            "crc32c": crc32c.crc32c(b.tobytes()),
-            "chunk_crc32c": self._chunk_crc(b),
+            "crc32c": crc,
+            "chunk_crc32c": chunk_crc,
             "fingerprint_digest": self.digest,
         }
         ledger.write_record(self.path, schema.unit_record_name(unit), rec)
         return rec
 
-    def _chunk_crc(self, block: np.ndarray) -> int:
+    def _chunk_crc(self, block: np.ndarray, crc: int) -> int:
         # zarr pads the last chunk with the fill value before encoding; the chunk file's
         # trailer is the crc32c of those padded bytes, which finish() compares against
-        crc = crc32c.crc32c(block.tobytes())
         pad = (self.emb.chunks[0] - block.shape[0]) * self.d
         return crc32c.crc32c(_fill_bytes(self.dtype, pad), crc) if pad else crc
 

@@ -69,3 +69,66 @@ def load_inputs(report_dir: Path) -> tuple[list[Predictions], dict[str, RunFiles
         if (report_dir / "runs" / p.name).is_dir()
     }
     return preds, runs, info
+
+
+# --------------------------------------------------------------------------- trunk training
+
+
+def trunk_record_of(config: dict) -> dict | None:
+    """The ``vh_trunk_train`` block of the trunk a run's cache was extracted with, from the
+    cache fingerprint its ``config.json`` records (None: a trunk vh did not train)."""
+    from vh.extract.trunk_record import trunk_training_runs
+
+    cache = config.get("cache") if isinstance(config, dict) else None
+    fp = cache.get("fingerprint") if isinstance(cache, dict) else None
+    trunk = fp.get("trunk") if isinstance(fp, dict) else None
+    cfg = trunk.get("config") if isinstance(trunk, dict) else None
+    return trunk_training_runs(cfg) if isinstance(cfg, dict) else None
+
+
+def trunk_seen(config: dict, split_test_runs: np.ndarray, scored_runs: np.ndarray) -> dict | None:
+    """How many of a run's test runs its trunk was trained on (for the predictions' meta).
+
+    Args:
+        config: the run's config.json (its cache fingerprint carries the trunk's record).
+        split_test_runs: the run ids its split put in ``test``.
+        scored_runs: the run ids of the test states the report scores (common to all heads).
+
+    Returns:
+        None for a trunk without a record; else ``test_runs``, ``seen`` (of the split's test
+        runs), ``scored_runs``, ``scored_seen``, or ``error`` when the record cannot be read.
+    """
+    from vh.extract.trunk_record import seen_test_runs
+
+    try:
+        record = trunk_record_of(config)
+        if record is None:
+            return None
+        split, scored = np.unique(split_test_runs), np.unique(scored_runs)
+        return {
+            "test_runs": int(split.size),
+            "seen": seen_test_runs(record, split),
+            "scored_runs": int(scored.size),
+            "scored_seen": seen_test_runs(record, scored),
+        }
+    except VhError as e:  # a malformed record: say so in the report rather than fail
+        return {"error": e.line()}
+
+
+def trunk_warning(name: str, seen: dict | None) -> str | None:
+    """The report's (and the console's) warning for one run, or None when nothing was seen."""
+    if not seen:
+        return None
+    if "error" in seen:
+        return (
+            f"{name}: its trunk's training record cannot be read ({seen['error']}); "
+            "whether the trunk saw its test runs is unknown."
+        )
+    if not seen["seen"] and not seen["scored_seen"]:
+        return None
+    return (
+        f"{name}: its trunk was trained on {seen['seen']:,} of its {seen['test_runs']:,} test "
+        f"runs ({seen['scored_seen']:,} of the {seen['scored_runs']:,} test games this report "
+        "scores): its test figures are optimistic. Fit the head with the trunk's split (the "
+        "default split and seed of `vh fit`) or use a trunk trained on other games."
+    )

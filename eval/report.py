@@ -14,10 +14,12 @@ self-contained ``index.html``. Each job lives in a module named after it:
 :mod:`vh.eval.tables`         the tables, as strings
 :mod:`vh.eval.render`         Markdown and self-contained HTML
 :mod:`vh.eval.plots`          the PNGs
+:mod:`vh.eval.play`           play results (``vh play``) beside the offline figures
 ============================  ===============================================================
 
-Report dir: ``predictions/<name>.npz``, ``runs/<name>/``, ``eval.json`` in (see
-:mod:`vh.eval.inputs`); ``metrics.json``, ``report.md``, ``index.html``, ``plots/*.png`` out.
+Report dir: ``predictions/<name>.npz``, ``runs/<name>/``, ``eval.json``, ``play/<i>/play.json``
+in (see :mod:`vh.eval.inputs`, :mod:`vh.eval.play`); ``metrics.json``, ``report.md``,
+``index.html``, ``plots/*.png`` out.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ from vh import __version__, durable
 from vh.config import EvalConfig, to_dict
 from vh.eval import bootstrap as B
 from vh.eval.formatting import head_label
-from vh.eval.inputs import RunFiles, load_inputs, read_run_files
+from vh.eval.inputs import RunFiles, load_inputs, read_run_files, trunk_warning
+from vh.eval.play import PlayFile, load_play
+from vh.eval.play import compare as compare_play
+from vh.eval.play import comparison_sentence as play_sentence
+from vh.eval.play import section as play_section
 from vh.eval.plots import draw_plots
 from vh.eval.predictions import KINDS, ROW_KEYS, Predictions, load_predictions, save_predictions
 from vh.eval.render import Doc
@@ -71,19 +77,26 @@ __all__ = [
 ]
 
 
-def build_report(report_dir: str | os.PathLike, cfg: EvalConfig) -> dict:
+def build_report(report_dir: str | os.PathLike, cfg: EvalConfig, log=None) -> dict:
     """Score every head in a report dir, decide the winner, write the pages (files only).
 
     Args:
-        report_dir: a dir with ``predictions/*.npz`` (and ``runs/``, ``eval.json``).
+        report_dir: a dir with ``predictions/*.npz`` (and ``runs/``, ``eval.json``,
+            ``play/``).
         cfg: the eval config (bootstrap size and seed, ECE bins, interval level, temperature).
+        log: receives the warnings (a head whose trunk saw its test runs), one line each.
 
     Returns:
         The ``metrics.json`` content (also written to the dir).
     """
     report_dir = Path(report_dir)
     preds, runs, info = load_inputs(report_dir)
-    return write_report(report_dir, score_all(preds, runs, cfg), preds, runs, info)
+    play_files = load_play(report_dir, info)  # before scoring: a missing copy fails fast
+    metrics = write_report(report_dir, score_all(preds, runs, cfg), preds, runs, info, play_files)
+    for w in metrics["warnings"]:
+        if log is not None:
+            log(f"warning: {w}")
+    return metrics
 
 
 # --------------------------------------------------------------------------- scoring and verdict
@@ -129,9 +142,14 @@ def write_report(
     preds: list[Predictions],
     runs: dict[str, RunFiles],
     info: dict,
+    play_files: list[PlayFile] | None = None,
 ) -> dict:
     """Write metrics.json, the plots, report.md and index.html; return metrics.json's content."""
     cfg, notes = scored.ctx.cfg, list(info.get("notes", []))
+    play_files = play_files or []
+    played = compare_play(scored.scores, play_files, scored.top, cfg) if play_files else None
+    seen = {p.name: p.meta["trunk_seen"] for p in preds if p.meta.get("trunk_seen")}
+    warnings = [w for name, rec in seen.items() if (w := trunk_warning(name, rec))]
     metrics = _jsonable(
         {
             "vh_version": __version__,
@@ -148,11 +166,13 @@ def write_report(
             "verdicts": scored.verdicts,
             "winner": scored.verdicts[0]["winner"],
         }
+        | ({"play": played} if played else {})
+        | ({"trunk_seen": seen, "warnings": warnings} if seen else {"warnings": []})
     )
     report_dir.mkdir(parents=True, exist_ok=True)
     durable.atomic_write_text(report_dir / "metrics.json", json.dumps(metrics, indent=1))
     images = draw_plots(report_dir / "plots", scored.scores, runs, cfg.ci, pool_names())
-    doc = _document(scored, preds, runs, notes, images)
+    doc = _document(scored, preds, runs, notes, images, (played, play_files), warnings)
     durable.atomic_write_text(report_dir / "report.md", doc.markdown(report_dir))
     durable.atomic_write_text(report_dir / "index.html", doc.html("vh eval report"))
     return metrics
@@ -200,13 +220,24 @@ def _jsonable(obj):
 # --------------------------------------------------------------------------- the page
 
 
-def _document(scored: Scored, preds, runs, notes, images) -> Doc:
-    """The page: the comparison table, the verdict, then one section per run."""
+def _document(scored: Scored, preds, runs, notes, images, play=(None, []), warnings=()) -> Doc:
+    """The page: warnings, the plain-English bullets, the comparison table, the verdict,
+    offline vs play (when there are play results), then one section per run."""
     scores, top, ci = scored.scores, scored.top, scored.ctx.cfg.ci
+    played, play_files = play
     doc = Doc()
     doc.h(1, "vh eval report")
+    for w in warnings:  # before anything a reader might act on
+        doc.p(f"**Warning: {w}**")
     doc.h(2, "In plain English")  # the first page: what to do, each point linked below
-    doc.bullets(plain_english(scored.verdicts, {s.name: s for s in scores}, scored.ctx))
+    doc.bullets(
+        plain_english(
+            scored.verdicts,
+            {s.name: s for s in scores},
+            scored.ctx,
+            play=play_sentence(played, ci, link=True) if played else None,
+        )
+    )
     doc.h(2, "Comparison across runs")
     doc.table(*comparison_table(scores, top, runs, ci))
     doc.h(2, "Verdict")
@@ -214,6 +245,8 @@ def _document(scored: Scored, preds, runs, notes, images) -> Doc:
         doc.p(para)
     for path, caption in images[""]:
         doc.img(path, caption)
+    if played:
+        play_section(doc, played, scores, play_files, top, ci)
     for s, pred in zip(scores, preds, strict=True):
         _run_section(doc, s, pred, runs.get(s.name), images.get(s.name, []), ci)
     return doc
@@ -225,6 +258,9 @@ def _run_section(
     """One run: where it comes from, its tables, its plots, its fit config and sampling."""
     doc.h(2, f"Run {head_label(s)}: {s.family}")
     doc.table(["field", "value"], run_info_rows(pred, rf), numeric=False)
+    warning = trunk_warning(s.name, pred.meta.get("trunk_seen"))
+    if warning:
+        doc.p(f"**Warning: {warning}**")
     if s.figures.get("rank_inconsistency") is not None:
         doc.p(
             f"Rank inconsistencies (rows with some q_(k+1) > q_k): "

@@ -10,8 +10,11 @@ up. When the runs' test sets differ (another split seed or sampler) the comparis
 intersection and the report says so; runs fitted on different datasets (another
 ``fingerprint.inputs``) or sharing no test state are refused.
 
-Then it writes ``OUT/predictions/<name>.npz``, copies the run files the report cites into
-``OUT/runs/<name>/`` and ``OUT/eval.json``, and calls :func:`vh.eval.report.build_report`,
+Then it writes ``OUT/predictions/<name>.npz`` (its meta carries ``trunk_seen``: how many of
+the run's test runs its trunk was trained on, from the ``vh_trunk_train`` record in the
+cache's fingerprint), copies the run files the report cites into ``OUT/runs/<name>/``, the
+play results (``--play`` or found beside the run dirs, :mod:`vh.eval.play`) into
+``OUT/play/`` and ``OUT/eval.json``, and calls :func:`vh.eval.report.build_report`,
 which needs only those files.
 
 Axes: n = test states, m = validation states, K = thresholds, C = bins, D = embedding width.
@@ -32,16 +35,20 @@ from vh import __version__, durable
 from vh.config import EvalConfig, to_dict
 from vh.errors import VhError
 from vh.eval import metrics as M
+from vh.eval.inputs import trunk_record_of, trunk_seen
 from vh.eval.labels import tile_bucket
 
 # planted data moved to .planted (the scoring benchmark to vh.bench.eval); importable as before
 from vh.eval.planted import PLANTED_THRESHOLDS, planted  # noqa: F401
+from vh.eval.play import collect as collect_play
+from vh.eval.play import copy_into as copy_play
 from vh.eval.predictions import Predictions, save_predictions
 from vh.eval.report import build_report
 from vh.heads import rundir
 from vh.progress import Progress, say
 
 KEY = np.dtype([("run", "<i8"), ("step", "<i8")])
+TEST = rundir.SPLIT_NAMES.index("test")  # split.npz's code of a test run
 
 
 # --------------------------------------------------------------------------- opening runs
@@ -277,14 +284,22 @@ def _meta(run: OpenRun) -> dict:
 # --------------------------------------------------------------------------- the driver
 
 
-def evaluate(run_dirs: Sequence[str | Path], out: str | Path, cfg: EvalConfig, log=say) -> dict:
+def evaluate(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    cfg: EvalConfig,
+    log=say,
+    play: Sequence[str | Path] | None = None,
+) -> dict:
     """Predict every run's best head on the common test states and build the report.
 
     Args:
         run_dirs: run dirs written by ``vh fit``.
         out: the report dir (created; predictions and copies of the run files go inside).
         cfg: the resolved eval config.
-        log: receives progress lines.
+        log: receives progress lines (and the warnings).
+        play: ``vh play`` output folders (``--play``); None: those found beside the run dirs
+            (:mod:`vh.eval.play`); empty: none.
 
     Returns:
         The report's ``metrics.json`` content.
@@ -293,6 +308,10 @@ def evaluate(run_dirs: Sequence[str | Path], out: str | Path, cfg: EvalConfig, l
         raise VhError("no run dir given", field="RUN_DIR")
     out = Path(out)
     names = _names([Path(d) for d in run_dirs])
+    # play results first: a --play that matches no run is refused before any work
+    play_files = collect_play(
+        [Path(d) for d in run_dirs], names, None if play is None else list(play)
+    )
 
     # ---- open every run; the states they are compared on
     runs = [open_run(n, d) for n, d in zip(names, run_dirs, strict=True)]
@@ -305,10 +324,13 @@ def evaluate(run_dirs: Sequence[str | Path], out: str | Path, cfg: EvalConfig, l
     # ---- predictions and run files
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     for run in runs:
-        save_predictions(
-            out / "predictions" / f"{run.name}.npz", predict_run(run, common, cfg, notes)
-        )
+        pred = predict_run(run, common, cfg, notes)
+        seen = _trunk_seen(run, common)
+        if seen is not None:  # the report warns from this (rebuilt without the cache)
+            pred.meta["trunk_seen"] = seen
+        save_predictions(out / "predictions" / f"{run.name}.npz", pred)
         rundir.copy_cited(run.run_dir, out / "runs" / run.name)
+    play_entries = copy_play(out, play_files)
     stale = {p.stem for p in (out / "predictions").glob("*.npz")} - set(names)
     for name in stale:  # a previous evaluation's heads must not join this report
         (out / "predictions" / f"{name}.npz").unlink()
@@ -325,9 +347,26 @@ def evaluate(run_dirs: Sequence[str | Path], out: str | Path, cfg: EvalConfig, l
                 "run_dirs": [str(Path(d).resolve()) for d in run_dirs],
                 "n_states": int(common.size),
                 "notes": notes,
+                "play": play_entries,
             },
             indent=1,
         ),
     )
     log("eval: scoring and writing the report")
-    return build_report(out, cfg)
+    return build_report(out, cfg, log=log)
+
+
+def _trunk_seen(run: OpenRun, common: np.ndarray) -> dict | None:
+    """How many of the run's test runs (its split's, and those scored) its trunk trained on;
+    None for a trunk without a training record (the split is then not read)."""
+    try:
+        if trunk_record_of(run.head.config) is None:
+            return None
+    except VhError:
+        pass  # a malformed record: trunk_seen says so
+    if (run.run_dir / rundir.SPLIT).is_file():
+        split = rundir.read_split(run.run_dir)
+        test = np.asarray(split["run_id"], np.int64)[np.asarray(split["split"]) == TEST]
+    else:  # a run dir without its split by run: the runs of its test states
+        test = run.keys["run"]
+    return trunk_seen(run.head.config, test, common["run"])

@@ -29,6 +29,7 @@ from vh.eval import plots as P
 from vh.eval import slices as S
 from vh.eval.predictions import Predictions
 from vh.heads import targets
+from vh.progress import Progress
 
 TOP_TILES = (16384, 32768)  # the seed's "top thresholds" for AUROC and calibration
 
@@ -151,6 +152,11 @@ class Skill(B.Stat):
             return -(self.cols[None, :, 0] - ratio * self.cols[None, :, 1]) / sums[:, 1:2]
 
 
+def _progress(name: str, n: int) -> Progress:
+    """Progress of one head's bootstrap (figures done, ETA): silent unless it takes > 3 s."""
+    return Progress(n, f"bootstrap {name}", unit="figures", every=3.0, delay=3.0)
+
+
 def add_skill(s: HeadScore, ctx: Context) -> None:
     """Add ``nll_skill`` and ``brier_skill`` (where both the head and its prior have the
     figure as a mean) to the headline, and ``figures["no_skill"]``: True when the NLL skill's
@@ -162,7 +168,7 @@ def add_skill(s: HeadScore, ctx: Context) -> None:
     }
     if not stats:
         return
-    reps = B.replicate(stats, ctx.weights)  # the head's resamples: paired
+    reps = B.replicate(stats, ctx.weights, progress=_progress(s.name, len(stats)))  # paired
     s.headline |= {k: st.point for k, st in stats.items()}
     s.reps |= reps
     s.stats |= stats
@@ -182,7 +188,7 @@ def finish(
     primary: str,
 ) -> HeadScore:
     """Bootstrap the headline statistics and package a head's score (pool: its kind's)."""
-    reps = B.replicate(stats, ctx.weights)
+    reps = B.replicate(stats, ctx.weights, progress=_progress(pred.name, len(stats)))
     return HeadScore(
         name=pred.name,
         kind=pred.kind,

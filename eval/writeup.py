@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from vh.eval import bootstrap as B
 from vh.eval.formatting import LABELS, head_label, label_of, num, see, with_ci
 from vh.eval.scoring import Context, HeadScore
@@ -37,6 +39,7 @@ def writeup(
     paras += _baseline_sentences(verdicts, by_name, top, ctx.cfg.ci)
     paras += _skill_sentences(list(by_name.values()), ctx.cfg.ci)
     paras += _calibration_sentences(verdicts, by_name, top)
+    paras += _outcome_and_distribution_sentences(verdicts, by_name)
     paras += _ece_note(list(by_name.values()), ctx.cfg.ci)
     paras += [f"Note: {n}" for n in notes]
     return paras
@@ -182,6 +185,52 @@ def _calibration_sentences(
     return out
 
 
+def _outcome_and_distribution_sentences(
+    verdicts: list[dict], by_name: dict[str, HeadScore]
+) -> list[str]:
+    """Per pool leader: where a threshold head errs most by final outcome (its largest under-
+    and over-estimate of a milestone), and how a binned return head fares as a distribution
+    (CRPS, PIT flatness, the end bins, its mean against its mode)."""
+    out = []
+    for v in verdicts:
+        name = _leader(v)
+        s = by_name.get(name) if name else None
+        if s is None:
+            continue
+        if s.figures.get("outcome") and s.figures.get("per_threshold"):
+            out.append(_outcome_sentence(s))
+        if s.figures.get("distribution"):
+            d, h = s.figures["distribution"], s.headline
+            ends = d["end_bins"]
+            out.append(
+                f"As a distribution, {name} has CRPS {num(h['crps'])} ({d['crps_units']}); "
+                f"its PIT histogram deviates from flat by at most {num(d['pit_max_dev'])} "
+                f"(0 = calibrated). Its end bins hold {num(ends['predicted_low'])} and "
+                f"{num(ends['predicted_high'])} of the predicted mass against observed shares "
+                f"{num(ends['observed_low'])} and {num(ends['observed_high'])}. Its predictive "
+                f"mean errs by MAE {num(h['mae_mean'])}, its mode by MAE {num(h['mae_mode'])}."
+            )
+    return out
+
+
+def _outcome_sentence(s: HeadScore) -> str:
+    """The largest under- and over-estimate of P(>= T) by the runs' final outcome."""
+    thresholds = [r["threshold"] for r in s.figures["per_threshold"]]
+    cells = [
+        (b, r["outcome"], t, p)
+        for r in s.figures["outcome"]
+        for t, p, b in zip(thresholds, r["predicted"], r["bias"], strict=True)
+        if b is not None
+    ]
+    under, over = min(cells), max(cells)
+    return (
+        f"By final outcome, {s.name} most under-estimates P(>= {under[2]}) for runs whose "
+        f"highest tile was {under[1]} (predicted {num(under[3])} on average, "
+        f"{under[0]:+.3f}) and most over-estimates P(>= {over[2]}) for runs whose highest "
+        f"tile was {over[1]} (predicted {num(over[3])}, {over[0]:+.3f})."
+    )
+
+
 def temperature_sentence(name: str, temp: dict) -> str:
     """T of one head with its interval, and plainly whether scaling helps."""
     t = f"T = {temp['T']:.3f}"
@@ -225,19 +274,38 @@ def _skill_sentences(scores: list[HeadScore], ci: float) -> list[str]:
 
 COMPARISON, VERDICT = "Comparison across runs", "Verdict"
 
+# the verdict's criteria in words a newcomer reads without the glossary
+PLAIN = {
+    "nll": "test NLL (how surprised it is by the outcomes)",
+    "bucket_nll": "bucket NLL (how surprised it is by the outcomes)",
+    "auroc_top": "telling games that reach the top tiles from those that do not (AUROC)",
+    "ece_high": "honest probabilities at the top tiles (calibration error)",
+    "within1": "guessing the final tile within one bucket",
+    "rmse": "error of the predicted return (RMSE)",
+    "mae": "error of the predicted return (MAE)",
+}
+
 
 def run_title(s: HeadScore) -> str:
     """The heading of a head's own section (as the report writes it)."""
     return f"Run {head_label(s)}: {s.family}"
 
 
-def plain_english(verdicts: list[dict], by_name: dict[str, HeadScore], ctx: Context) -> list[str]:
+def plain_english(
+    verdicts: list[dict],
+    by_name: dict[str, HeadScore],
+    ctx: Context,
+    play: str | None = None,
+) -> list[str]:
     """At most ten short bullets a reader new to the figures can act on, each linking the
-    section that backs it: which head to co-train next and how sure, what the trunk adds over
-    the raw board, heads with no skill over the base rates, temperature, what to try next."""
+    section that backs it: which head to co-train next and how sure, whether the best head
+    offline also plays best (``play``: :func:`vh.eval.play.comparison_sentence`, when there
+    are play results), what the trunk adds over the raw board, heads with no skill over the
+    base rates, temperature, what to try next."""
     ci = ctx.cfg.ci
     out = [_pick(v, by_name, ci) for v in verdicts]
     out.append(_how_sure(ctx))
+    out += [play] if play else []
     out += _trunk_vs_board(verdicts, by_name, ci)
     out.append(_skill_bullet(list(by_name.values()), ci))
     out += _temperature_bullets(verdicts, by_name)
@@ -249,11 +317,14 @@ def _pick(v: dict, by_name: dict[str, HeadScore], ci: float) -> str:
     """Which head of a pool to co-train next, and the comparison that says so."""
     pool = targets.pool(v["pool"]).title.split(" (")[0]
     step = v.get("deciding")
+    if v["winner"] and sum(len(f["ranking"]) for f in v["families"]) == 1:
+        return f"{v['winner']} is the only one of the {pool}: nothing to rank it against {see(VERDICT)}."
     if v["winner"]:
         why = ""
         if step and step.get("decided") and "lo" in step:
+            what = PLAIN.get(step["criterion"], label_of(step["criterion"]))
             why = (
-                f": it is better on {label_of(step['criterion'])} by {num(abs(step['diff']))} "
+                f": it is better at {what} by {num(abs(step['diff']))} "
                 f"(range {num(step['lo'])} to {num(step['hi'])}, which excludes 0)"
             )
         return f"**Co-train {v['winner']} next** (best of the {pool}){why} {see(VERDICT)}."
@@ -262,8 +333,9 @@ def _pick(v: dict, by_name: dict[str, HeadScore], ci: float) -> str:
     lead = v["families"][0]["ranking"][0]
     if step and "lo" in step:
         return (
-            f"**No clear choice among the {pool}**: {step['a']} and {step['b']} differ on "
-            f"{label_of(step['criterion'])} by {num(step['diff'])}, but the range "
+            f"**No clear choice among the {pool}**: {step['a']} and {step['b']} differ at "
+            f"{PLAIN.get(step['criterion'], label_of(step['criterion']))} by "
+            f"{num(step['diff'])}, but the range "
             f"{num(step['lo'])} to {num(step['hi'])} includes 0, so either may be better; "
             f"{lead} leads on its own figure {see(VERDICT)}."
         )
@@ -297,12 +369,13 @@ def _trunk_vs_board(verdicts: list[dict], by_name: dict[str, HeadScore], ci: flo
     for v in verdicts:
         leader = by_name.get(_leader(v) or "")
         for b in baselines:
-            if leader is None or b is leader or b.pool != v["pool"]:
+            if leader is None or b.pool != v["pool"]:
                 continue
-            metric = next(
-                (m for m in ("bucket_nll", "nll", "rmse") if m in leader.reps and m in b.reps),
-                None,
-            )
+            if b is leader:  # the board-only head leads: measure the best trunk head against it
+                leader = _best_trunk_head(by_name, b)
+                if leader is None:
+                    continue
+            metric = _shared_metric(leader, b)
             if metric is None:
                 continue
             step = paired(leader, b, metric, ci)
@@ -320,6 +393,24 @@ def _trunk_vs_board(verdicts: list[dict], by_name: dict[str, HeadScore], ci: flo
                 f"(range {num(step['lo'])} to {num(step['hi'])}) {see(COMPARISON)}."
             )
     return out
+
+
+def _shared_metric(a: HeadScore, b: HeadScore) -> str | None:
+    """The first headline loss both heads have (lower is better for each)."""
+    return next((m for m in ("bucket_nll", "nll", "rmse") if m in a.reps and m in b.reps), None)
+
+
+def _best_trunk_head(by_name: dict[str, HeadScore], board: HeadScore) -> HeadScore | None:
+    """The trunk head of ``board``'s pool with the lowest shared loss (None if there is none)."""
+    rivals = [
+        s
+        for s in by_name.values()
+        if not s.baseline and s.pool == board.pool and _shared_metric(s, board) is not None
+    ]
+    if not rivals:
+        return None
+    metric = {id(s): _shared_metric(s, board) for s in rivals}
+    return min(rivals, key=lambda s: float(s.headline.get(metric[id(s)], np.inf)))
 
 
 def _skill_bullet(scores: list[HeadScore], ci: float) -> str:

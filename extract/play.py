@@ -77,6 +77,7 @@ class PlayConfig:
         baselines: names from :data:`BASELINES`; None = random, greedy, expectimax, and the
             trunk's policy head when it has one.
         device: ``cpu`` | ``cuda``. batch: leaf boards per trunk forward.
+        max_moves: stop each game after this many moves (0: play to the end).
     """
 
     games: int
@@ -87,6 +88,7 @@ class PlayConfig:
     baselines: tuple[str, ...] | None = None
     device: str = "cpu"
     batch: int = LEAF_BATCH
+    max_moves: int = 0
 
 
 @dataclass
@@ -108,6 +110,8 @@ def check_config(cfg: PlayConfig) -> None:
     """Refuse bad options before anything is loaded or written."""
     if cfg.games <= 0:
         raise VhError(f"must be at least 1, got {cfg.games}", field="--games")
+    if cfg.max_moves < 0:
+        raise VhError(f"must be 0 (no limit) or more, got {cfg.max_moves}", field="--max-moves")
     if cfg.depth != 1:
         raise VhError(f"only depth 1 is implemented, got {cfg.depth}", field="--depth")
     if cfg.mode not in MODES:
@@ -400,13 +404,15 @@ def play_match(heads: Sequence[Head], baselines: Sequence, cfg: PlayConfig, log=
     milestones = milestones_of(heads)
     players = []
     for h in heads:
-        rec = play_one(ValuePlayer(h.name, h.value_fn, h.search), seeds, milestones, log)
+        rec = play_one(
+            ValuePlayer(h.name, h.value_fn, h.search), seeds, milestones, log, cfg.max_moves
+        )
         search = {"depth": cfg.depth, "mode": h.search.mode, "discount": h.search.discount,
                   "reward_weight": h.search.reward_weight}  # fmt: skip
         players.append({"name": h.name, "type": "head", "kind": h.spec.kind, "value": h.value,
                         "search": search, "source": h.source, **rec})  # fmt: skip
     for b in baselines:
-        rec = play_one(b, seeds, milestones, log)
+        rec = play_one(b, seeds, milestones, log, cfg.max_moves)
         players.append({"name": b.name, "type": "baseline", **rec})
     return {
         "vh_version": __version__,
@@ -418,6 +424,7 @@ def play_match(heads: Sequence[Head], baselines: Sequence, cfg: PlayConfig, log=
             "value": cfg.value,
             "device": cfg.device,
             "expectimax_depth": EXPECTIMAX_DEPTH,
+            "max_moves": cfg.max_moves,
         },  # fmt: skip
         "milestones": list(milestones),
         "players": players,

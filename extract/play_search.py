@@ -219,7 +219,9 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # k = 0 and k = n put an end exactly at 0 or 1 (rounding would leave p-hat outside)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    return lo, 1.0 if k == n else min(1.0, centre + half)
 
 
 def summarize(games, milestones: tuple[int, ...], seconds: float) -> dict:
@@ -286,13 +288,15 @@ class GameProgress:
         )
 
 
-def play_one(player, seeds: np.ndarray, milestones: tuple[int, ...], log=say) -> dict:
+def play_one(
+    player, seeds: np.ndarray, milestones: tuple[int, ...], log=say, max_moves: int = 0
+) -> dict:
     """Play one game per seed with ``player``; its figures (see :func:`summarize`)."""
     from vh.extract.synth import play_games
 
     progress = GameProgress(player.name, seeds.shape[0], log)
     t0 = time.perf_counter()
-    games = play_games(player, seeds, progress=progress)
+    games = play_games(player, seeds, max_moves, progress=progress)
     result = summarize(games, milestones, time.perf_counter() - t0)
     if log is not None:
         log(

@@ -36,7 +36,7 @@ from vh.extract.columns import column_dtypes, compute_columns, runs_table
 from vh.extract.dataset import Dataset, open_dataset
 from vh.extract.distributed import DistEnv
 from vh.extract.pipeline import Stats, UnitPipeline, breakdown
-from vh.extract.trunk import LoadedTrunk, load_onehot, load_trunk
+from vh.extract.trunk import LoadedTrunk, load_null, load_onehot, load_trunk
 from vh.progress import Progress, say
 
 # re-exported: the pipeline and the columns lived here before
@@ -113,6 +113,8 @@ def _load(
         # the raw-board baseline needs token 16 only if a 65536 tile occurs (a full scan,
         # which the dataset keeps for validate())
         return load_onehot(17 if ds.validate().max_exponent >= board.MAX_EXP else 16)
+    if ecfg.trunk == "null":  # the benchmark trunk: zeros, so only the pipeline is measured
+        return load_null(ecfg.null_dim)
     if init is None:
         raise VhError(
             "--init is required with the init trunk (or use --trunk onehot)", field="--init"
@@ -165,11 +167,11 @@ def _prepare(
             d=lt.dim,
             dtype=ecfg.dtype,
             chunk_rows=ecfg.chunk_rows,
-            pooling="onehot" if ecfg.trunk == "onehot" else "mean",
+            pooling=ecfg.trunk if ecfg.trunk in ("onehot", "null") else "mean",
             columns=column_dtypes(ecfg.gamma),
             runs=runs_table(ds),
             fingerprint=fp,
-            extract_config=to_dict(ecfg),
+            extract_config=_recorded(ecfg),
             extra_attrs={
                 "dataset": str(ds.path),
                 "layout": ds.layout,
@@ -189,6 +191,15 @@ def _prepare(
     if not writer.columns_done():
         writer.write_columns(compute_columns(ds, ecfg.gamma))
     return _Plan(fp, todo, False)
+
+
+def _recorded(ecfg: ExtractConfig) -> dict:
+    """The extract config a cache records: ``null_dim`` only with the null trunk it sizes
+    (so a cache of any other trunk has the same bytes as before that key existed)."""
+    rec = to_dict(ecfg)
+    if ecfg.trunk != "null":
+        rec.pop("null_dim")
+    return rec
 
 
 def _say(log, message: str) -> None:

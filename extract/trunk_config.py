@@ -2,7 +2,7 @@
 
 Every field is declared once, with :func:`spec`, next to its type: its default (none = the
 field is required), where it sits in the JSON when that is not under its own name, and its
-valid values as :class:`vh.config.Range` keywords (the same machinery as the TOML config's).
+valid values as :class:`vh.ranges.Range` keywords (the same machinery as the TOML config's).
 Parsing is strict: a missing field, a wrong type (a bool is never a number), a value out of
 range or two fields that contradict each other (``_relations``) raise
 :class:`~vh.errors.VhError` naming the file and the field, before any tensor is allocated.
@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vh.config import Range, field_range
 from vh.errors import VhError
+from vh.ranges import Range, field_range
 
 HEAD_TYPES = ("binned_ev", "action_policy")
 BINS_MAX = 65_536  # output bins and value-head vocab (the fit's n_bins / return_bins maximum)
@@ -76,7 +76,7 @@ def spec(
         missing: the message when a required field is absent (default: "missing required
             field").
         default_from: the default is this other field's parsed value.
-        limits: :class:`vh.config.Range` keywords (bounds, ``pattern`` for strings, ``why``).
+        limits: :class:`vh.ranges.Range` keywords (bounds, ``pattern`` for strings, ``why``).
     """
     meta = {"range": Range(**limits), "key": key, "missing": missing, "default_from": default_from}
     if default is _MISSING:

@@ -19,7 +19,6 @@ This module imports numpy only (no torch, no JAX): ``eval`` may import it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -130,8 +129,3 @@ def seen_test_runs(trunk_record: dict | None, test_run_ids: np.ndarray) -> int:
     known = in_ranges(ids, trunk_record.get("dataset_runs") or [])
     trained = split_runs(ids, split_config(trunk_record)) == TRAIN
     return int(np.sum(known & trained))
-
-
-def record_json(record: dict) -> str:
-    """The block as compact JSON (for messages and tests)."""
-    return json.dumps(record, sort_keys=True)

@@ -136,6 +136,18 @@ def read_moves(ds, row_split: np.ndarray, codes: tuple[int, ...]) -> tuple[dict,
     return out, dropped
 
 
+def cap_rows(data: Moves, max_rows: int, seed: int) -> Moves:
+    """At most ``max_rows`` rows of ``data`` (0: all): a seeded random subset, in row order.
+
+    The subset draws from its own stream (``seed`` and a fixed tag), so the epochs' shuffle
+    stream is the same with and without a cap.
+    """
+    if max_rows <= 0 or len(data) <= max_rows:
+        return data
+    keep = np.sort(np.random.default_rng((seed, 0x726F7773)).choice(len(data), max_rows, False))
+    return Moves(data.tokens[keep], data.move[keep], data.legal[keep])
+
+
 # --------------------------------------------------------------------------- the loss
 
 
@@ -210,16 +222,20 @@ def _check_vocab(cfg: TrunkConfig, max_exponent: int, where: str) -> None:
 
 
 @contextlib.contextmanager
-def deterministic(device: torch.device, seed: int):
-    """Torch's deterministic algorithms and seed while training on CPU; restored after."""
-    was = torch.are_deterministic_algorithms_enabled()
+def deterministic(device: torch.device, seed: int, threads: int = 0):
+    """Torch's deterministic algorithms, seed and ``threads`` (0: as they are) while training
+    on CPU; restored after."""
+    was, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.manual_seed(seed)  # nothing here draws from torch's RNG; set anyway, for SDPA & co
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
+        if threads > 0:
+            torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(was)
+        torch.set_num_threads(was_threads)
 
 
 def _batch(data: Moves, idx: np.ndarray, device: torch.device):
@@ -308,6 +324,7 @@ def train_trunk(
     preset: str | None = None,
     config: str | os.PathLike | None = None,
     split: SplitConfig | None = None,
+    max_rows: int = 0,
     overwrite: bool = False,
     log=say,
 ) -> TrainResult:
@@ -320,6 +337,8 @@ def train_trunk(
         preset: a key of ``PRESETS`` (default tiny), or
         config: a trunk config.json to train instead.
         split: the hash split (default: ``fit.split``'s defaults, as ``vh fit``).
+        max_rows: train on at most this many training rows, a seeded random subset of all
+            training runs' rows (0: all of them); a cheap trunk for ``vh demo``.
         overwrite: start again over an init dir vh wrote (else it resumes or is refused).
         log: receives progress lines.
 
@@ -328,6 +347,8 @@ def train_trunk(
     """
     split = split if split is not None else SplitConfig()
     validate(tcfg, "trunk.")
+    if max_rows < 0:
+        raise VhError(f"must be 0 (all rows) or more, got {max_rows}", field="max_rows")
     _check_split(split)
     device = _device(tcfg.device)
     inputs = {"--dataset": dataset, "--config": config}
@@ -349,6 +370,8 @@ def train_trunk(
         "split": split_record(split),
         **{k: getattr(tcfg, k) for k in ("batch_size", "lr", "wd", "seed")},
     }
+    if max_rows:  # only when set: init dirs trained before the option keep resuming
+        identity["max_rows"] = int(max_rows)
 
     # ---- the output: resume, refuse, or start
     durable.recover_dir(out)
@@ -358,12 +381,13 @@ def train_trunk(
         if log is not None:
             log(f"trunk train: {out} already holds {state.epoch} epochs; nothing to do")
         return TrainResult(Path(out), done, 0, 0.0)
-    durable.claim(out, "init")
-
     data, dropped = read_moves(ds, codes, (TRAIN, VAL))
     train, val = data[TRAIN], data[VAL]
+    available = len(train)
+    train = cap_rows(train, max_rows, tcfg.seed)
     if not len(train):
         raise VhError("no training rows with a legal recorded move", path=dataset, field="move")
+    durable.claim(out, "init")
     record = {
         "dataset": str(Path(dataset).resolve()),
         "dataset_runs_sha256": identity["dataset_runs_sha256"],
@@ -375,13 +399,16 @@ def train_trunk(
         },
         "val_runs": {"count": int(np.sum(codes == VAL))},
         "rows": {"train": len(train), "val": len(val), "dropped_illegal_move": dropped},
+        **({"max_rows": int(max_rows), "train_rows_available": available} if max_rows else {}),
         "source": where,
         "optimizer": "AdamW",
+        "device": tcfg.device,
+        "threads": tcfg.threads or torch.get_num_threads(),
         **{k: identity[k] for k in ("batch_size", "lr", "wd", "seed")},
         "val_baselines": baselines(train, val),
     }
 
-    with deterministic(device, tcfg.seed):
+    with deterministic(device, tcfg.seed, tcfg.threads):
         model = Encoder(cfg).init_weights(tcfg.seed).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.wd)
         rng = np.random.Generator(np.random.PCG64(tcfg.seed))

@@ -238,9 +238,10 @@ def fit(
     with rundir.lock(out) if primary else contextlib.nullcontext():
         reader = open_cache(cache) if isinstance(cache, str | Path) else cache
         ident = _identity(cfg, reader, members)
-        resume = _prepare_dir(out, cache, ident, resume if primary else True)
         if primary:
+            resume = _prepare_dir(out, cache, ident, resume)
             durable.claim(out, "run")  # a run dir of a vh before markers becomes a marked one
+        resume = _agree(resume)  # several hosts: the others follow the primary's decision
 
         # ---- splits by run, then the rows each split uses
         runs_id, split, cols, rows = _sample(cfg, reader)
@@ -287,6 +288,20 @@ def fit(
         # ---- summary
         seconds = time.perf_counter() - t_start
         return _write_summary(out, members, books, spec, cfg, rows, data.batching, seconds)
+
+
+def _agree(resume: bool | None) -> bool:
+    """The primary process's resume decision, on every process (one process: as given).
+
+    Only the primary looks at the run dir; a resumed fit's other processes then read
+    ``last/`` too, so resuming on several hosts needs the run dir on a shared filesystem.
+    """
+    if jax.process_count() == 1:
+        return bool(resume)
+    from jax.experimental import multihost_utils
+
+    flag = np.int32(bool(resume) if jax.process_index() == 0 else 0)
+    return bool(multihost_utils.broadcast_one_to_all(flag))
 
 
 def _sample(cfg: FitConfig, reader) -> tuple[np.ndarray, np.ndarray, dict, dict]:
@@ -341,13 +356,14 @@ def _write_summary(
             "seed": m.seed,
         }
     best = min(per, key=lambda n: per[n]["best_val_nll"])
-    params = rundir.read_best(out, best)
+    # only the primary has the run dir (the hosts need not share a filesystem)
+    params = rundir.read_best(out, best) if jax.process_index() == 0 else {}
     summary = {
         "best_member": best,
         "members": per,
         "target": spec.to_dict(),
         "arch": cfg.head.arch,
-        "n_params": int(sum(v.size for v in params.values())),
+        "n_params": int(sum(v.size for v in params.values())) if params else None,
         "train_rows": len(rows["train"]),
         "val_rows": len(rows["val"]),
         "batch": batching.record(),  # fit.train.batch_size is clamped to the train rows

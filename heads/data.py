@@ -77,7 +77,7 @@ def replicate(tree, mesh: Mesh):
 
 def device_bytes() -> int:
     """Memory of one device: the accelerator's limit, or the host RAM for CPU devices."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -203,7 +203,7 @@ class DeviceData:
             def body(st, ims):
                 i, im = ims
                 out = step(st, gather(data, *im), keys)
-                self._tick(i, every)
+                self._tick(i, every, idx.shape[0])
                 return out
 
             return jax.lax.scan(body, state, (jnp.arange(idx.shape[0]), (idx, mask)))
@@ -214,7 +214,7 @@ class DeviceData:
             def body(acc, ims):
                 i, im = ims
                 acc = acc + eval_sums(params, gather(data, *im))
-                self._tick(i, every)
+                self._tick(i, every, idx.shape[0])
                 return acc, None
 
             m = jax.tree_util.tree_leaves(params)[0].shape[0]
@@ -227,11 +227,12 @@ class DeviceData:
     def _every(self, steps: int) -> int:
         return max(1, -(-steps // self.ticks)) if self.ticks else 0
 
-    def _tick(self, i: jax.Array, every: int) -> None:
-        """Traced: after step i, call the host every ``every`` steps (never when 0)."""
+    def _tick(self, i: jax.Array, every: int, steps: int) -> None:
+        """Traced: after step i, call the host every ``every`` steps and after the last one
+        (never when ``every`` is 0)."""
         if every:
             jax.lax.cond(
-                (i + 1) % every == 0,
+                ((i + 1) % every == 0) | (i + 1 == steps),
                 lambda: jax.debug.callback(self._on_tick, i + 1),
                 lambda: None,
             )
@@ -339,6 +340,7 @@ class StreamData:
         self._blocks: list[np.ndarray] = []  # shuffle buffers, allocated on first use
         self._slots: list[dict] = []  # batch slots: host arrays and the device batch made last
         self._pool: ThreadPoolExecutor | None = None
+        self._emitted: dict = {}  # the slot of the batch yielded last
 
     def bind(self, step: Callable, eval_sums: Callable) -> None:
         """Jit the step (its state donated) and the evaluation."""
@@ -366,6 +368,10 @@ class StreamData:
             ys = (self.batch, *labels.shape[1:])
             if s.get("y") is None or s["y"].shape != ys or s["y"].dtype != labels.dtype:
                 s["y"], s["mask"] = np.empty(ys, labels.dtype), np.empty(self.batch, np.float32)
+
+    def _guard(self, consumer) -> None:
+        """The batch last yielded may be refilled once ``consumer`` (its step's output) is ready."""
+        self._emitted["guard"] = consumer
 
     def _read_chunk(self, j: int, out: np.ndarray, upto: int) -> None:
         """Chunk ``j`` into ``out`` (room for a whole chunk); a stand-in reads ``upto`` rows."""
@@ -457,6 +463,7 @@ class StreamData:
         while remaining > 0:  # more states per epoch than rows: another pass, new order
             for b, n in self._counted(self.train_rows, self.y_train, rng, remaining):
                 state, st = self._step(state, b, keys)
+                self._guard(st)
                 stats.append(st)
                 if progress is not None:
                     progress.update(n)
@@ -468,6 +475,7 @@ class StreamData:
         total = 0.0
         for b, n in self._counted(self.val_rows, self.y_val, None, self.n_val):
             total = total + self._eval(params, b)
+            self._guard(total)
             if progress is not None:
                 progress.update(n)
         return to_host(total)
@@ -476,9 +484,12 @@ class StreamData:
 class _Filler:
     """Copies rows out of shuffle buffers into the batch slots; yields device batches.
 
-    A slot's host arrays are refilled only once the device batch made from them last is
-    ready (its transfer done), so three slots keep the host one batch ahead of the device
-    without a fresh allocation per batch.
+    On CPU a device array may share memory with the host array it was made from (JAX's
+    zero-copy transfer), and on a GPU the copy may still be running: so a slot's host arrays
+    are refilled only once what consumed its last batch is ready (``guard``: the step's
+    output, set by :meth:`StreamData._guard`; without one, the batch itself). Three slots
+    keep the host up to two batches ahead of the device without a fresh allocation per
+    batch. A caller of ``_batches`` that keeps a batch past the next two must copy it.
     """
 
     def __init__(self, data: StreamData, labels: np.ndarray):
@@ -488,9 +499,10 @@ class _Filler:
 
     def _acquire(self) -> dict:
         slot = self.data._slots[self.i]
-        if slot["device"] is not None:
-            jax.block_until_ready(slot["device"])
-            slot["device"] = None
+        for key in ("guard", "device"):
+            if slot.get(key) is not None:
+                jax.block_until_ready(slot[key])
+                slot[key] = None
         return slot
 
     def fill(self, block: np.ndarray, local: np.ndarray, pos: np.ndarray):
@@ -518,5 +530,6 @@ class _Filler:
             s["x"][n:], s["y"][n:] = 0, 0
         leaves = {k: s[k].reshape(-1, c, *s[k].shape[1:]) for k in ("x", "y", "mask")}
         s["device"] = {k: put(v, self.sharding) for k, v in leaves.items()}
+        self.data._emitted = s
         self.i, self.n, self.slot = (self.i + 1) % len(self.data._slots), 0, None
         return s["device"], n

@@ -324,7 +324,8 @@ def _start(run_dir: Path, model, members: Sequence[Member], d: int, resume: bool
         (state, books, first epoch to run, metrics logs).
     """
     names = [m.name for m in members]
-    logs = {n: rundir.metrics_log(run_dir, n) for n in names}
+    primary = jax.process_index() == 0  # the others never touch the run dir (it makes folders)
+    logs = {n: rundir.metrics_log(run_dir, n) for n in names} if primary else {}
     state, books, start = init_state(model, members, d), {n: Book() for n in names}, 0
     last = rundir.state_path(run_dir)
     sizes = dict.fromkeys(names, 0)
@@ -332,7 +333,7 @@ def _start(run_dir: Path, model, members: Sequence[Member], d: int, resume: bool
         state, meta = ck.load_state(last, state)
         books = {n: Book(**meta["books"][n]) for n in names}
         start, sizes = meta["epoch"], meta["metrics_size"]
-    if jax.process_index() == 0:
+    if primary:
         for n in names:  # drop lines of an epoch that was not finished
             logs[n].truncate(sizes[n])
     return state, books, start, logs

@@ -20,8 +20,9 @@ from scipy import optimize, special
 from scipy import stats as ss
 
 from vh.config import EvalConfig
-from vh.eval import metrics as M
+from vh.eval import distributions as D
 from vh.eval import report as R
+from vh.eval.formatting import num
 from vh.eval.planted import planted
 from vh.eval.predictions import Predictions, load_predictions, save_predictions
 from vh.heads.targets import TargetSpec, get
@@ -71,7 +72,7 @@ def test_crps_matches_integration_and_the_energy_form():
     atoms = np.sort(rng.uniform(-3, 5, size=9))
     p = rng.dirichlet(np.ones(9), size=12)
     y = np.r_[rng.uniform(-5, 7, size=9), atoms[0], atoms[4], atoms[-1]]  # outside and on atoms
-    got = M.crps_discrete(atoms=atoms, p=p, y=y)
+    got = D.crps_discrete(atoms=atoms, p=p, y=y)
     for r in range(y.size):
         assert got[r] == pytest.approx(crps_energy(atoms, p[r], y[r]), abs=1e-12)
         assert got[r] == pytest.approx(crps_numeric(atoms, p[r], y[r]), abs=1e-4)
@@ -79,7 +80,7 @@ def test_crps_matches_integration_and_the_energy_form():
     point = np.zeros((3, 9))
     point[:, 2] = 1.0
     np.testing.assert_allclose(
-        M.crps_discrete(atoms=atoms, p=point, y=np.array([-9.0, atoms[2], 9.0])),
+        D.crps_discrete(atoms=atoms, p=point, y=np.array([-9.0, atoms[2], 9.0])),
         np.abs(np.array([-9.0, atoms[2], 9.0]) - atoms[2]),
         atol=1e-12,
     )
@@ -90,22 +91,22 @@ def test_randomised_pit_matches_a_loop_and_is_flat_only_when_calibrated():
     p = rng.dirichlet(np.ones(6), size=50)
     k, u = rng.integers(0, 6, size=50), rng.random(50)
     want = [p[i, : k[i]].sum() + u[i] * p[i, k[i]] for i in range(50)]
-    np.testing.assert_allclose(M.pit_randomized(p=p, k=k, u=u), want, atol=1e-12)
+    np.testing.assert_allclose(D.pit_randomized(p=p, k=k, u=u), want, atol=1e-12)
 
     n, c = 40_000, 12
     logits = 1.5 * rng.normal(size=(n, c))
     true = special.softmax(logits, axis=1)
     k = (rng.random((n, 1)) > np.cumsum(true, axis=1)).sum(1)  # drawn from the true p
-    calibrated = M.pit_randomized(p=true, k=k, u=rng.random(n))
-    share, dev = M.pit_histogram(calibrated, bins=10)
+    calibrated = D.pit_randomized(p=true, k=k, u=rng.random(n))
+    share, dev = D.pit_histogram(calibrated, bins=10)
     assert share.sum() == pytest.approx(1.0) and dev < 0.06  # ~ 3 / sqrt(4000) at most
     assert ss.kstest(calibrated, "uniform").pvalue > 1e-3
     sharp = special.softmax(3.0 * logits, axis=1)  # overconfident: too many extreme PITs
-    share, dev = M.pit_histogram(M.pit_randomized(p=sharp, k=k, u=rng.random(n)), bins=10)
+    share, dev = D.pit_histogram(D.pit_randomized(p=sharp, k=k, u=rng.random(n)), bins=10)
     assert dev > 0.5 and share[0] > 0.15 and share[-1] > 0.15
     # the deviation is max |10 share - 1|, by hand
     pit = np.array([0.05] * 5 + [0.95] * 5 + [0.5] * 10)
-    assert M.pit_histogram(pit, bins=10) == (
+    assert D.pit_histogram(pit, bins=10) == (
         pytest.approx([0.25, 0, 0, 0, 0, 0.5, 0, 0, 0, 0.25]),
         pytest.approx(4.0),
     )
@@ -190,6 +191,7 @@ def test_return_head_report_figures(tmp_path):
     page = (tmp_path / "rep" / "report.md").read_text()
     assert "ret as a distribution" in page and "CRPS (raw return units" in page
     assert "hard-bin NLL" in page
+    assert f"As a distribution, ret has CRPS {num(crps)} (raw return units" in page
 
 
 # --------------------------------------------------------------------------- log-score heads
@@ -235,7 +237,7 @@ def test_logscore_nll_is_the_training_loss_on_soft_labels(tmp_path):
     loss = categorical_objective(LS).nll(
         jnp.asarray(pred.out["logits"], jnp.float32), jnp.asarray(np.log1p(score), jnp.float32)
     )
-    assert h["nll"] == pytest.approx(float(loss), rel=1e-4)
+    assert h["nll"] == pytest.approx(float(np.mean(loss)), rel=1e-4)
     hard = np.clip(np.floor((np.log1p(score) - 4.75) / 0.5), 0, 16).astype(int)  # bins of 0.5
     picked = np.clip(p[np.arange(score.size), hard], 1e-12, 1)  # eval clamps hard-bin NLL
     assert h["hard_nll"] == pytest.approx(-np.log(picked).mean(), rel=1e-9)

@@ -423,3 +423,14 @@ def test_html_renders_in_headless_chromium(planted_report, tmp_path):
     ink = np.any(img < 0.9, axis=2)  # text, table borders, plots
     colour = img.max(axis=2) - img.min(axis=2) > 0.3  # the plots' coloured lines and points
     assert ink.mean() > 0.01 and colour.sum() > 200
+
+
+def test_no_prior_row_without_train_base_rates(planted_report):
+    """Predictions without ``out_prior_logits`` (made by hand or an older vh) get no prior
+    row and no skill figures, and the first page still opens the report."""
+    d, metrics, _ = planted_report
+    assert all("nll_skill" not in r["headline"] for r in metrics["runs"].values())
+    md = (d / "report.md").read_text()
+    assert "train base rates (no skill)" not in md
+    assert md.startswith("# vh eval report\n\n## In plain English\n\n- ")
+    assert "| bucket NLL (all heads) |" in md

@@ -20,7 +20,17 @@ from vh.shell import done, main
     "--init",
     default=None,
     type=click.Path(),
-    help="Use this trunk init dir instead of a seeded random one.",
+    help="Use this trunk init dir instead of training one.",
+)
+@click.option(
+    "--play",
+    "play_games",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Also play N seeded games with the study's heads and the baselines (random, greedy, "
+    "expectimax, the trunk's policy) and report them beside the offline figures (0: no play).",
 )
 @click.option(
     "--set",
@@ -30,9 +40,10 @@ from vh.shell import done, main
     help="Override a value of the embedded demo config (configs/demo.toml).",
 )
 @trust_pickle_option
-def demo(out, init, sets, trust_pickle):
-    """Synthesize games, extract caches (trunk and one-hot baseline), fit the seed's four
-    comparisons plus the return head, evaluate, and write the report. Resumable."""
+def demo(out, init, play_games, sets, trust_pickle):
+    """Synthesize games, train a small trunk on the training games' moves, extract caches
+    (trunk and one-hot baseline), fit the seed's four comparisons plus the return head,
+    optionally play them (--play N), evaluate, and write the report. Resumable."""
     from vh.demo import demo_config, run_demo
 
     cfg = demo_config(sets)
@@ -41,5 +52,5 @@ def demo(out, init, sets, trust_pickle):
         from vh.extract.trunk import load_trunk
 
         load_trunk(init, seed=cfg.extract.seed, trust_pickle=trust_pickle)
-    run_demo(out, cfg, init=init, trust_pickle=trust_pickle)
+    run_demo(out, cfg, init=init, trust_pickle=trust_pickle, play_games=play_games)
     done(f"wrote the report to {out}/report/index.html (also report.md, metrics.json)")

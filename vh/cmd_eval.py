@@ -19,9 +19,10 @@ def _made_by_eval(out: Path) -> bool:
     return bool(rec) and "vh_version" in rec and "runs" in rec
 
 
-def _inputs(run_dirs: tuple[str, ...]) -> dict[str, str | None]:
-    """What eval reads: the run dirs and the caches they were fitted on (role -> path)."""
-    inputs: dict[str, str | None] = {}
+def _inputs(run_dirs: tuple[str, ...], play: tuple[str, ...] = ()) -> dict[str, str | None]:
+    """What eval reads: the run dirs, the caches they were fitted on, the play folders
+    (role -> path)."""
+    inputs: dict[str, str | None] = {f"--play {p}": p for p in play}
     for d in run_dirs:
         inputs[f"RUN_DIR {d}"] = d
         rec = durable.try_read_json(Path(d) / "config.json")  # a bad one fails later, named
@@ -30,13 +31,13 @@ def _inputs(run_dirs: tuple[str, ...]) -> dict[str, str | None]:
     return inputs
 
 
-def _check_report_dir(out: str, run_dirs: tuple[str, ...]) -> None:
+def _check_report_dir(out: str, run_dirs: tuple[str, ...], play: tuple[str, ...] = ()) -> None:
     """Refuse a report dir that is (or holds) an input, or that vh did not make as a report.
 
     The report writer replaces its own files (index.html, metrics.json, plots/, ...) in place,
     so a folder of the user's files, a run dir or a cache must never be its --out.
     """
-    durable.check_not_input(out, _inputs(run_dirs))
+    durable.check_not_input(out, _inputs(run_dirs, play))
     durable.check_owned(out, "report", legacy=_made_by_eval)
 
 
@@ -56,32 +57,44 @@ def _closing(report_dir: str, metrics: dict) -> str:
     default=None,
     help="Rebuild REPORT_DIR from its files only (predictions, copied run files).",
 )
+@click.option(
+    "--play",
+    "play",
+    multiple=True,
+    type=click.Path(),
+    help="A `vh play` output folder (repeatable); its heads that are runs evaluated join the "
+    "section 'Offline vs play'. Default: a play/ folder beside the run dirs or their parent.",
+)
 @config_options
-def eval_cmd(run_dirs: tuple[str, ...], out: str | None, rebuild: str | None, cfg) -> None:
+def eval_cmd(
+    run_dirs: tuple[str, ...], out: str | None, rebuild: str | None, play: tuple[str, ...], cfg
+) -> None:
     """Score each run's best head on the test split and write REPORT_DIR/index.html.
 
     \b
     vh eval RUN_DIR... --out REPORT_DIR     predict, score, compare, write the report
+    vh eval RUN_DIR... --out R --play DIR   ... and set the heads' play results beside them
     vh eval --rebuild REPORT_DIR            rebuild it from its files (no cache needed)
     """
     from vh.eval.report import build_report
     from vh.eval.run import evaluate
+    from vh.progress import say
 
     if rebuild is not None:
-        if run_dirs or out:
-            raise VhError("--rebuild takes neither RUN_DIR nor --out", field="--rebuild")
+        if run_dirs or out or play:
+            raise VhError("--rebuild takes neither RUN_DIR nor --out nor --play", field="--rebuild")
         _check_report_dir(rebuild, ())
-        done(_closing(rebuild, build_report(rebuild, cfg.eval)))
+        done(_closing(rebuild, build_report(rebuild, cfg.eval, log=say)))
         return
     if not run_dirs or not out:
         raise VhError(
             "give RUN_DIR... and --out REPORT_DIR (or --rebuild REPORT_DIR)", field="RUN_DIR"
         )
-    _check_report_dir(out, run_dirs)  # before anything is created
+    _check_report_dir(out, run_dirs, play)  # before anything is created
     created = not os.path.lexists(out)
     durable.claim(out, "report")
     try:
-        metrics = evaluate(list(run_dirs), out, cfg.eval)
+        metrics = evaluate(list(run_dirs), out, cfg.eval, play=list(play) or None)
     except BaseException:
         if created:  # a failed eval leaves no half-made report dir behind
             shutil.rmtree(out, ignore_errors=True)

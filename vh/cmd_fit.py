@@ -116,3 +116,39 @@ def bench_fit(cfg, rows, dim, cache, rounds, seed_batch, mlp_rows, md):
 
     kw = {"rows": rows, "dim": dim, "cache": cache, "rounds": rounds, "seed_batch": seed_batch}
     publish(run_bench(cfg.fit, **kw, mlp_rows=mlp_rows), md)
+
+
+@bench.command("stream")
+@click.option(
+    "--rows", type=click.IntRange(min=1), default=2_000_000, show_default=True,
+    help="Rows of the cache built for the benchmark.",
+)  # fmt: skip
+@click.option(
+    "--dim", type=click.IntRange(min=1), default=256, show_default=True, help="Embedding width."
+)
+@click.option(
+    "--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True,
+    help="Rows per cache chunk.",
+)  # fmt: skip
+@click.option(
+    "--readers", type=click.IntRange(min=1), default=4, show_default=True,
+    help="Reader threads of the stream.",
+)  # fmt: skip
+@click.option(
+    "--dir", "folder", type=click.Path(file_okay=False, exists=True),
+    help="Build the cache under this folder (default: the temp folder); removed afterwards.",
+)  # fmt: skip
+@click.option(
+    "--md",
+    type=click.Path(dir_okay=False),
+    help="Also write the results as section 'stream' of this markdown file.",
+)
+@click.option("--note", default="", help="A paragraph to add to the section (conditions).")
+@config_options
+def bench_stream(cfg, rows, dim, chunk_rows, readers, folder, md, note):
+    """Streamed fit vs a raw read of the same chunk files and vs the data on the device."""
+    from vh.bench.report import publish
+    from vh.bench.stream import run_bench
+
+    kw = {"rows": rows, "dim": dim, "chunk_rows": chunk_rows, "readers": readers}
+    publish(run_bench(cfg.fit, **kw, folder=folder, note=note), md)

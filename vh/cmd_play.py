@@ -45,13 +45,20 @@ from vh.shell import bench, done, main
     help="Comma-separated from random,greedy,expectimax,policy; '' for none "
     "(default: all that apply; policy when the trunk has a policy head).",
 )
+@click.option(
+    "--max-moves",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Stop games after N moves (0: never).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier play folder.")
 @trust_pickle_option
 def play(
-    runs, init, export, games, seed, depth, mode, value, baselines, out, device, overwrite,
-    trust_pickle,
+    runs, init, export, games, seed, depth, mode, value, baselines, max_moves, out, device,
+    overwrite, trust_pickle,
 ):  # fmt: skip
     """Play seeded games with value heads choosing the moves, and the baselines on the same
     seeds; writes play.json and play.md."""
@@ -61,7 +68,7 @@ def play(
     names = None if baselines is None else tuple(b.strip() for b in baselines.split(",") if b)
     cfg = PlayConfig(
         games=games, seed=seed, depth=depth, mode=mode, value=value, baselines=names,
-        device=device,
+        device=device, max_moves=max_moves,
     )  # fmt: skip
     path = run_play(
         runs=runs, init=init, export=export, out=out, cfg=cfg, overwrite=overwrite,
@@ -71,8 +78,8 @@ def play(
 
 
 @bench.command("play")
-@click.option("--games", type=int, default=64, show_default=True, help="Games per trunk size.")
-@click.option("--moves", type=int, default=40, show_default=True, help="Moves per game.")
+@click.option("--games", type=int, default=32, show_default=True, help="Games per trunk size.")
+@click.option("--moves", type=int, default=20, show_default=True, help="Moves per game.")
 @click.option("--presets", default="tiny,small", show_default=True, help="Trunk sizes.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--md", type=click.Path(dir_okay=False), default=None, help="Write into this file.")

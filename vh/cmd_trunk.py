@@ -132,6 +132,9 @@ def show(init: str, seed: int, trust_pickle: bool) -> None:
 @click.option("--seed", type=int, default=None, help="Weights and shuffle seed. [trunk.seed]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[trunk.device]")
 @click.option(
+    "--threads", type=int, default=None, help="Torch CPU threads, 0 = torch's. [trunk.threads]"
+)
+@click.option(
     "--settings",
     "settings",
     multiple=True,
@@ -142,8 +145,8 @@ def show(init: str, seed: int, trust_pickle: bool) -> None:
     "--overwrite", is_flag=True, help="Start again over an init dir vh wrote (else resume)."
 )
 def train(
-    dataset, out, preset, trunk_config, epochs, batch_size, lr, wd, seed, device, settings,
-    overwrite,
+    dataset, out, preset, trunk_config, epochs, batch_size, lr, wd, seed, device, threads,
+    settings, overwrite,
 ) -> None:  # fmt: skip
     """Train a trunk (Encoder + action_policy head) on DATASET's recorded moves.
 
@@ -157,7 +160,10 @@ def train(
     from vh.extract.trunk_train import train_trunk
 
     cfg = load_config(settings)
-    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, wd=wd, seed=seed, device=device)
+    given = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, wd=wd, seed=seed, device=device,
+        threads=threads,
+    )  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     try:
         tcfg = build(TrunkTrainConfig, given, "trunk.", base=cfg.trunk)  # flags over config
@@ -209,15 +215,22 @@ def train(
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Torch CPU threads (0 = torch's default).",
+)
+@click.option(
     "--benchmarks",
     type=click.Path(dir_okay=False),
     default=None,
     help="Markdown file whose 'trunk train' section is rewritten (none: print only).",
 )
-def bench_trunk_train_cmd(rows, batch, presets, device, benchmarks) -> None:
+def bench_trunk_train_cmd(rows, batch, presets, device, threads, benchmarks) -> None:
     """Rows/s of vh trunk train's training loop (forward, backward, AdamW) per preset."""
     from vh.bench.report import publish
     from vh.bench.trunk import bench_train, trunk_section
 
-    results = [bench_train(p, rows, batch, device) for p in presets]
+    results = [bench_train(p, rows, batch, device, threads=threads) for p in presets]
     publish(trunk_section(results), benchmarks)

@@ -18,119 +18,27 @@ build deliberately bad sections to exercise the checks further down.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, Union
 
 from vh.errors import VhError
 
-# --------------------------------------------------------------------------- ranges
-
-SEED_MAX = 2**31 - 1  # JAX makes its keys from int32 seeds; numpy and torch take these too
-ROWS_MAX = 2**31 - 1  # the fit addresses rows with int32 positions
-TILE_MAX = 2**17  # the largest tile a 4x4 board can ever hold
-SQL_TEXT = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]{0,4096}"  # sqlite refuses NUL; no control chars
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid values of one config field (each element, for a list field).
-
-    Numbers must be finite and within the bounds: ``ge``/``le`` inclusive, ``gt``/``lt``
-    exclusive; ``pow2`` asks for a power of two. Strings must match ``pattern`` in full.
-    Lists must have a length in ``lengths`` and, with ``increasing``, strictly rising elements.
-    ``one_of`` returns the valid strings when they are known only at run time (the target kinds
-    of the registry). ``None`` passes when the field's type allows it (``float | None``).
-    """
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    pow2: bool = False
-    pattern: str | None = None
-    lengths: range | tuple[int, ...] | None = None
-    increasing: bool = False
-    why: str = ""  # what the value means, when the bounds alone do not say it
-    one_of: Callable[[], Sequence[str]] | None = None
-
-    def describe(self) -> str:
-        """The bounds in words: ``> 0 and <= 10``, ``a power of two >= 4``."""
-        parts = [
-            f"{op} {_num(b)}"
-            for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-            if b is not None
-        ]
-        text = " and ".join(parts)
-        return f"a power of two {text}" if self.pow2 else text
-
-    def check(self, value: Any, key: str) -> None:
-        """Raise :class:`VhError` naming ``key`` unless ``value`` is in range."""
-        if value is None:
-            return
-        if isinstance(value, tuple):
-            self._check_list(value, key)
-        elif isinstance(value, str):
-            if self.pattern is not None and not re.fullmatch(self.pattern, value):
-                raise VhError(f"expected {self.why or self.pattern}, got {value!r}", field=key)
-            if self.one_of is not None and value not in self.one_of():
-                valid = " | ".join(repr(v) for v in self.one_of())
-                raise VhError(f"expected {valid}, got {value!r}", field=key)
-        else:
-            self._check_number(value, key)
-
-    def _check_number(self, v: int | float, key: str) -> None:
-        if not math.isfinite(v):
-            bounds = f" {self.describe()}" if self.describe() else ""
-            raise VhError(f"expected a finite number{bounds}, got {v!r}", field=key)
-        bad = (
-            (self.ge is not None and v < self.ge)
-            or (self.gt is not None and v <= self.gt)
-            or (self.le is not None and v > self.le)
-            or (self.lt is not None and v >= self.lt)
-            or (self.pow2 and (v < 1 or int(v) & (int(v) - 1)))
-        )
-        if bad:
-            why = f" ({self.why})" if self.why else ""
-            raise VhError(f"out of range: expected {self.describe()}{why}, got {v!r}", field=key)
-
-    def _check_list(self, values: tuple, key: str) -> None:
-        if self.lengths is not None and len(values) not in self.lengths:
-            raise VhError(
-                f"expected {_lengths(self.lengths)} elements, got {len(values)}", field=key
-            )
-        for i, v in enumerate(values):
-            self._check_number(v, f"{key}[{i}]")
-        if self.increasing and any(b <= a for a, b in zip(values, values[1:], strict=False)):
-            raise VhError(f"expected strictly increasing values, got {list(values)}", field=key)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-def _lengths(lengths: range | tuple[int, ...]) -> str:
-    if isinstance(lengths, range):
-        return f"{lengths.start} to {lengths.stop - 1}"
-    return " or ".join(map(str, lengths))
-
-
-def ranged(default: Any, **limits: Any) -> Any:
-    """A dataclass field with its default and its valid values (the :class:`Range` keywords)."""
-    return field(default=default, metadata={"range": Range(**limits)})
-
-
-def field_range(f: dataclasses.Field) -> Range | None:
-    """The declared :class:`Range` of a dataclass field (None for bools, choices, sections)."""
-    return f.metadata.get("range")
-
+# the declared ranges (Range, ranged, ...) live in vh.ranges; re-exported for importers
+from vh.ranges import (  # noqa: E402
+    ROWS_MAX,
+    SEED_MAX,
+    SQL_TEXT,
+    TILE_MAX,
+    Range,  # noqa: F401  (re-exported: vh.config.Range)
+    field_range,
+    ranged,
+)
 
 # --------------------------------------------------------------------------- sections
 
@@ -155,7 +63,9 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    trunk: Literal["init", "onehot"] = "init"  # onehot = the raw-board baseline, no network
+    # onehot = the raw-board baseline, no network; null = zeros of width null_dim, a
+    # benchmark trunk only (`vh bench extract --trunk null`: the pipeline with a free trunk)
+    trunk: Literal["init", "onehot", "null"] = "init"
     batch_size: int = ranged(4096, ge=1, le=2**20)  # rows per trunk forward
     dtype: Literal["float16", "float32"] = "float16"
     device: str = ranged(
@@ -169,6 +79,8 @@ class ExtractConfig:
     threads: int = ranged(0, ge=0, le=4096)  # torch intra-op threads on CPU (0 = torch's)
     seed: int = ranged(0, ge=0, le=SEED_MAX)  # seed of the random init without weights
     check_vocab: bool = True  # refuse exponents the trunk's vocab cannot embed
+    # width D of the benchmark `null` trunk's zeros (recorded in a cache only with that trunk)
+    null_dim: int = ranged(256, ge=1, le=65_536)
 
 
 def _target_kinds() -> tuple[str, ...]:
@@ -321,6 +233,8 @@ class TrunkTrainConfig:
     wd: float = ranged(0.01, ge=0.0, le=10.0)  # AdamW's decoupled weight decay
     seed: int = ranged(0, ge=0, le=SEED_MAX)  # initial weights and the shuffle
     device: Literal["cpu", "cuda"] = "cpu"
+    # torch intra-op threads on CPU (0 = torch's); 1 is fastest for tiny trunks on a busy host
+    threads: int = ranged(0, ge=0, le=4096)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ def distribution_rows(spec: TargetSpec, logits: np.ndarray, ret: np.ndarray, bat
     """
     from scipy import special
 
+    from vh.eval import distributions as D
     from vh.eval import metrics as M
 
     n, nb = ret.size, spec.n_out
@@ -75,8 +76,8 @@ def distribution_rows(spec: TargetSpec, logits: np.ndarray, ret: np.ndarray, bat
         soft = soft_labels(muzero_h(r), spec)
         out["nll_row"][sl] = -np.einsum("nc,nc->n", soft, special.log_softmax(logits[sl], axis=1))
         out["hard_nll_row"][sl] = M.categorical_nll(p=p, y=k)
-        out["crps_row"][sl] = M.crps_discrete(atoms=atoms, p=p, y=r)
-        out["pit"][sl] = M.pit_randomized(p=p, k=k, u=u[sl])
+        out["crps_row"][sl] = D.crps_discrete(atoms=atoms, p=p, y=r)
+        out["pit"][sl] = D.pit_randomized(p=p, k=k, u=u[sl])
         out["mass_low"][sl], out["mass_high"][sl] = p[:, 0], p[:, -1]
         out["end_bin"][sl] = (k == nb - 1).astype(np.int8) - (k == 0)
         out["mean"][sl], out["mode"][sl] = p @ atoms, atoms[np.argmax(p, axis=1)]
@@ -206,7 +207,7 @@ def _distribution(out: dict, ret: np.ndarray, idx) -> tuple[dict, dict, tuple]:
     point predictions' errors.
     """
     from vh.eval import bootstrap as B
-    from vh.eval import metrics as M
+    from vh.eval import distributions as D
 
     f = {k: np.asarray(out[k], dtype=np.float64) for k in DIST_ROWS}
     stats: dict[str, B.Stat] = {
@@ -223,9 +224,9 @@ def _distribution(out: dict, ret: np.ndarray, idx) -> tuple[dict, dict, tuple]:
     for key in ("mean", "mode"):
         stats[f"mae_{key}"] = B.Mean(idx, np.abs(points[key][1]))
         stats[f"rmse_{key}"] = B.Rmse(idx, points[key][1])
-    share, max_dev = M.pit_histogram(f["pit"], bins=10)
+    share, max_dev = D.pit_histogram(f["pit"], bins=10)
     figures = {
-        "crps_units": "raw return units (atoms: h^-1 of the bin centres)",
+        "crps_units": "raw return units, atoms h^-1 of the bin centres",
         "pit_hist": share.tolist(),
         "pit_max_dev": max_dev,
         "end_bins": {

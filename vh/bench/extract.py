@@ -1,25 +1,33 @@
-"""``vh bench extract``: the bare trunk forward against the whole extract, on the same rows.
+"""``vh bench extract``: the whole extract against what bounds it, on the same rows.
 
-(a) the trunk alone on tokens decoded beforehand and already on the device, in the extract's
-batches; (b) :func:`vh.extract.run.run_extract` end to end into a fresh cache. They alternate
-and the median of the pair ratios is the headline. Then candidate emb codecs are measured on
-the embeddings just written.
+With a network (``--trunk init``): (a) the trunk alone on tokens decoded beforehand and already
+on the device, in the extract's batches; (b) :func:`vh.extract.run.run_extract` end to end into
+a fresh cache. With a free trunk (``--trunk null`` or ``onehot``: the pipeline around a trunk,
+decode, columns, write, with nothing in the way): (a) the raw disk write of the same bytes
+(as many chunk files of the same size, write + fdatasync, by as many threads as the pipeline's
+writers); (b) the same. They alternate and the median of the pair ratios is the headline. The
+peak RSS of each (b) is measured (VmHWM, reset before it). Then candidate emb codecs are
+measured on the embeddings just written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import queue
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vh.bench.report import Section, number, section, table, today
+from vh.bench.report import Section, goal, machine, number, section, table, today
 from vh.config import Config
 from vh.extract.dataset import open_dataset
+from vh.extract.pipeline import WRITERS
 from vh.extract.run import resolve_device, run_extract
 from vh.extract.trunk import load_trunk
 
@@ -46,6 +54,59 @@ def _bare_forward(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
+
+
+def raw_write(folder: Path, files: int, nbytes: int, threads: int) -> float:
+    """Seconds to write ``files`` files of ``nbytes`` each (write + fdatasync), ``threads`` at
+    a time, from one reused buffer: the disk's speed for the bytes an extract writes."""
+    buf = np.ones(nbytes, np.uint8)  # touched once, before the clock starts
+    folder.mkdir(parents=True, exist_ok=True)
+    todo: queue.Queue = queue.Queue()
+    for i in range(files):
+        todo.put(i)
+
+    def work() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            fd = os.open(folder / f"{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, buf)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    t0 = time.perf_counter()
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(folder)
+    return seconds
+
+
+def _peak_rss_reset() -> int:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; returns that RSS in bytes."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(key: str) -> int:
+    """``VmHWM`` / ``VmRSS`` of this process in bytes (ru_maxrss where /proc is absent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def bench_codecs(
@@ -110,8 +171,9 @@ def bench_codecs(
     return out
 
 
-def _inputs(cfg: Config, rows: int, preset: str, workdir: Path) -> tuple[Path, Path]:
-    """A synthetic dataset of about ``rows`` rows (random-player games) and a random trunk."""
+def _inputs(cfg: Config, rows: int, preset: str, workdir: Path) -> tuple[Path, Path | None]:
+    """A synthetic dataset of about ``rows`` rows (random-player games) and a random trunk
+    (None with a free trunk: ``extract.trunk`` null or onehot)."""
     from vh.extract.synth import synth
     from vh.extract.trunk import write_init_dir
 
@@ -120,36 +182,61 @@ def _inputs(cfg: Config, rows: int, preset: str, workdir: Path) -> tuple[Path, P
         cfg.synth, games=games, player="random", max_moves=_BENCH_MOVES, shard_rows=1 << 20
     )
     ds_path = synth(scfg, workdir / "ds", overwrite=True, progress=False).out
+    if cfg.extract.trunk != "init":
+        return ds_path, None
     return ds_path, write_init_dir(workdir / "init", preset, seed=0)
 
 
-def _alternate(cfg: Config, ds_path: Path, init: Path, repeats: int, workdir: Path) -> dict:
-    """``repeats`` pairs of (a) the bare forward then (b) the whole extract, timed.
+def _extract(cfg: Config, ds_path: Path, init: Path | None, cache: Path, t: dict) -> int:
+    """One timed ``run_extract`` into a fresh ``cache``, its peak RSS; returns its D."""
+    rss0 = _peak_rss_reset()
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = run_extract(ds_path, init, cache, cfg, log=None, overwrite=True)  # always fresh
+    t["full"].append(time.perf_counter() - t0)
+    t["cpu_full"].append(time.process_time() - c0)
+    t["stats"].append(res.stats)
+    t["rss_start"].append(rss0)
+    t["rss_peak"].append(_status_bytes("VmHWM"))
+    return res.d
+
+
+def _alternate(cfg: Config, ds_path: Path, init: Path | None, repeats: int, workdir: Path) -> dict:
+    """``repeats`` pairs of (a) the bound then (b) the whole extract, timed.
+
+    (a) is the bare forward with a network, else the raw write of (b)'s bytes (run after its
+    (b), whose width it needs).
 
     Returns:
-        Wall and CPU seconds of each run of (a) and (b), the pipeline stats of each (b), the
-        device and the rows; the last (b)'s cache is kept (``cache{repeats - 1}``).
+        Wall and CPU seconds of each run of (a) and (b), the pipeline stats and peak RSS of
+        each (b), the device and the rows; the last (b)'s cache is kept
+        (``cache{repeats - 1}``).
     """
     ecfg = cfg.extract
     device = resolve_device(ecfg.device)
     if device.type == "cpu" and ecfg.threads > 0:
         torch.set_num_threads(ecfg.threads)
     ds = open_dataset(ds_path)
-    tokens = torch.from_numpy(ds.read(0, ds.n_rows).exps).to(device)  # (N, 16) pre-decoded
-    model = load_trunk(init, device=device).model
-    out_dtype = getattr(torch, ecfg.dtype)
-    _bare_forward(model, tokens[: 4 * ecfg.batch_size], ecfg.batch_size, out_dtype, device)
-    t = {"bare": [], "full": [], "cpu_bare": [], "cpu_full": [], "stats": []}
+    keys = ("bare", "full", "cpu_bare", "cpu_full", "stats", "rss_start", "rss_peak", "raw")
+    t: dict = {k: [] for k in keys}
+    if init is not None:
+        tokens = torch.from_numpy(ds.read(0, ds.n_rows).exps).to(device)  # (N, 16) pre-decoded
+        model = load_trunk(init, device=device).model
+        out_dtype = getattr(torch, ecfg.dtype)
+        _bare_forward(model, tokens[: 4 * ecfg.batch_size], ecfg.batch_size, out_dtype, device)
     for r in range(repeats):
-        c0 = time.process_time()
-        t["bare"].append(_bare_forward(model, tokens, ecfg.batch_size, out_dtype, device))
-        t["cpu_bare"].append(time.process_time() - c0)
         cache = workdir / f"cache{r}"
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = run_extract(ds_path, init, cache, cfg, log=None)
-        t["full"].append(time.perf_counter() - t0)
-        t["cpu_full"].append(time.process_time() - c0)
-        t["stats"].append(res.stats)
+        if init is not None:
+            c0 = time.process_time()
+            t["bare"].append(_bare_forward(model, tokens, ecfg.batch_size, out_dtype, device))
+            t["cpu_bare"].append(time.process_time() - c0)
+            _extract(cfg, ds_path, init, cache, t)
+        else:
+            d = _extract(cfg, ds_path, init, cache, t)
+            itemsize = np.dtype(ecfg.dtype).itemsize
+            files = -(-ds.n_rows // ecfg.chunk_rows)
+            t["raw"].append(
+                raw_write(workdir / "raw", files, ecfg.chunk_rows * d * itemsize, WRITERS)
+            )
         if r < repeats - 1:
             shutil.rmtree(cache)
     return {**t, "device": device, "rows": ds.n_rows}
@@ -164,21 +251,24 @@ def bench_extract(
     workdir: Path,
     codec_bytes: int = 256 << 20,
 ) -> dict:
-    """Bare trunk forward vs the full extract on the same rows, in one process.
+    """The full extract vs what bounds it, on the same rows, in one process.
 
-    (a) the trunk alone on tokens decoded beforehand and already on the device, in the
-    extract's batches; (b) :func:`run_extract` end to end into a fresh cache (validation,
-    hashing, columns, decode, forward, write, finish). They alternate ``repeats`` times and
-    the medians are compared.
+    With a network (``extract.trunk = "init"``): (a) the trunk alone on tokens decoded
+    beforehand and already on the device, in the extract's batches; (b) :func:`run_extract`
+    end to end into a fresh cache (validation, hashing, columns, decode, forward, write,
+    finish). With a free trunk (null, onehot): (a) the raw disk write of (b)'s bytes. They
+    alternate ``repeats`` times and the medians are compared.
 
     Args:
-        cfg: the resolved config (extract section: batch size, dtype, device, chunk rows).
+        cfg: the resolved config (extract section: trunk, batch size, dtype, device, chunk
+            rows).
         rows: about this many rows (synthetic random-player games, ``_BENCH_MOVES`` moves).
-        preset: trunk size. repeats: alternations. workdir: where dataset and caches go.
-        codec_bytes: size of the codec measurement.
+        preset: trunk size (with a network). repeats: alternations. workdir: where dataset
+            and caches go.
+        codec_bytes: size of the codec measurement (0: none).
 
     Returns:
-        Figures: rows, rows/s of both, their ratio, the pipeline breakdown, codec table.
+        Figures: rows, rows/s of both, their ratio, the pipeline breakdown, peak RSS, codecs.
     """
     from vh.cache.reader import open_cache
 
@@ -187,30 +277,51 @@ def bench_extract(
     t = _alternate(cfg, ds_path, init, repeats, workdir)
     # ---- codecs, on the embeddings just written
     c = open_cache(workdir / f"cache{repeats - 1}")
-    codecs = bench_codecs(c.read_rows(0, c.n), workdir, ecfg.chunk_rows, codec_bytes)
+    codecs = []
+    if codec_bytes:
+        codecs = bench_codecs(c.read_rows(0, c.n), workdir, ecfg.chunk_rows, codec_bytes)
     n, full = t["rows"], t["full"]
     mid = int(np.argsort(full)[len(full) // 2])
-    # each (a) ran right before its (b): the ratio of a pair is immune to slow drifts of a
-    # shared machine's load, and the median of the pairs to a burst in one of them
-    pairs = np.array(t["bare"]) / np.array(full)
+    loops = np.array([s.wall for s in t["stats"]])
+    emb_bytes = n * c.d * np.dtype(ecfg.dtype).itemsize
+    if init is not None:
+        # each (a) ran right before its (b): the ratio of a pair is immune to slow drifts of
+        # a shared machine's load, and the median of the pairs to a burst in one of them
+        pairs, loop_pairs = np.array(t["bare"]) / np.array(full), np.array(t["bare"]) / loops
+    else:  # (a) wrote the same bytes: rate of (b) / rate of (a) = time (a) / time (b)
+        pairs, loop_pairs = np.array(t["raw"]) / np.array(full), np.array(t["raw"]) / loops
     return {
         "rows": n,
         "d": c.d,
+        "trunk": ecfg.trunk,
         "preset": preset,
         "device": str(t["device"]),
         "threads": torch.get_num_threads(),
+        "writers": WRITERS,
         "batch_size": ecfg.batch_size,
         "chunk_rows": ecfg.chunk_rows,
         "dtype": ecfg.dtype,
         "repeats": repeats,
-        "bare_rows_s": n / float(np.median(t["bare"])),
+        "load": os.getloadavg()[0],
+        "bare_rows_s": n / float(np.median(t["bare"])) if t["bare"] else None,
+        "raw_gbs": emb_bytes / float(np.median(t["raw"])) / 1e9 if t["raw"] else None,
         "pipeline_rows_s": n / float(np.median(full)),
+        "pipeline_gbs": emb_bytes / float(np.median(full)) / 1e9,
         "ratio": float(np.median(pairs)),
         "pair_ratios": pairs.round(3).tolist(),
-        "cpu_ratio": float(np.median(np.array(t["cpu_bare"]) / np.array(t["cpu_full"]))),
+        "loop_ratio": float(np.median(loop_pairs)),
+        "cpu_ratio": (
+            float(np.median(np.array(t["cpu_bare"]) / np.array(t["cpu_full"])))
+            if t["cpu_bare"]
+            else None
+        ),
         "embed_loop_rows_s": n / t["stats"][mid].wall,
+        "embed_loop_gbs": emb_bytes / t["stats"][mid].wall / 1e9,
         "breakdown": dataclasses.asdict(t["stats"][mid]),
         "pipeline_s": full[mid],
+        "rss_start": t["rss_start"][mid],
+        "rss_peak": max(t["rss_peak"]),
+        "unit_bytes": ecfg.chunk_rows * c.d * np.dtype(ecfg.dtype).itemsize,
         "codecs": codecs,
         "codec_mib": codec_bytes >> 20,
         "torch": torch.__version__,
@@ -218,7 +329,103 @@ def bench_extract(
 
 
 def extract_section(r: dict) -> Section:
-    """The ``extract`` section of BENCHMARKS.md for :func:`bench_extract`'s figures."""
+    """The BENCHMARKS.md section for :func:`bench_extract`'s figures: ``extract`` with a
+    network, ``extract, null trunk`` / ``extract, onehot trunk`` with a free one."""
+    if r["trunk"] != "init":
+        return free_trunk_section(r)
+    return _network_section(r)
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:.2f} GiB"
+
+
+def _memory(r: dict) -> str:
+    """The peak-RSS paragraph: what the extract added to the process, against its bound."""
+    b = r["breakdown"]
+    bound = (b["writers"] + 2) * r["unit_bytes"]
+    cols = 38 * r["rows"]
+    return (
+        f"Peak RSS during the extract (VmHWM, reset right before it): {_gib(r['rss_peak'])}, "
+        f"of which {_gib(r['rss_start'])} was the benchmark process before it (dataset maps, "
+        f"torch). Bound (extract/pipeline.py): {b['writers'] + 2} unit buffers × "
+        f"{r['unit_bytes'] / 2**20:.0f} MiB = {_gib(bound)} in flight, plus the per-state "
+        f"columns at 38 bytes/row = {_gib(cols)}, plus the dataset's pages read."
+    )
+
+
+def free_trunk_section(r: dict) -> Section:
+    """``extract, <trunk> trunk``: the pipeline around a free trunk vs the raw disk write."""
+    b = r["breakdown"]
+    setup = (
+        f"`vh bench extract --trunk {r['trunk']} --rows {r['rows']} --repeats {r['repeats']} "
+        f"--codec-mib 0` — {r['trunk']} trunk (D = {r['d']}, costs nothing: what is measured "
+        f"is decode, columns and write), {r['device']}, {r['writers']} writer threads, batch "
+        f"{r['batch_size']}, chunk {r['chunk_rows']} rows, {r['dtype']}; {machine()}, load "
+        f"average {r['load']:.1f} at the end (**shared with other engineers' jobs: figures "
+        f"are noisy**); {r['repeats']} pairs of (b) then (a), {today()}."
+    )
+    figures = table(
+        ["measurement", "rows/s", "GB/s of embeddings"],
+        [False, True, True],
+        [
+            [
+                "(a) raw disk write of the same bytes (chunk files, write + fdatasync, "
+                f"{r['writers']} threads)",
+                number(r["raw_gbs"] * 1e9 / (r["d"] * _itemsize(r))),
+                number(r["raw_gbs"], 3),
+            ],
+            [
+                "(b) full `vh extract` (validate, hash, columns, decode, embed, write, finish)",
+                number(r["pipeline_rows_s"]),
+                number(r["pipeline_gbs"], 3),
+            ],
+            [
+                "(b) embedding loop only (decode, embed, write)",
+                number(r["embed_loop_rows_s"]),
+                number(r["embed_loop_gbs"], 3),
+            ],
+            [
+                "**ratio (b) / (a)**, full extract, median of the pairs",
+                f"**{number(r['ratio'], 3)}**",
+            ],
+            ["ratio (b) / (a), embedding loop only", number(r["loop_ratio"], 3)],
+        ],
+    )
+    met = r["embed_loop_gbs"] >= 0.5
+    goal_line = goal(
+        f"Goal ≥ 0.5 GB/s of embeddings written (≥ 1M rows/s at D = 256), embedding loop: "
+        f"{number(r['embed_loop_gbs'], 3)} GB/s",
+        met,
+    )
+    spread = (
+        f"{goal_line}. Ratio of each pair (full extract): {', '.join(map(str, r['pair_ratios']))}."
+    )
+    breakdown = (
+        f"Breakdown of the median run ({r['pipeline_s']:.1f} s in all): decode "
+        f"{b['decode']:.2f} s, embed {b['forward']:.2f} s, write {b['write']:.2f} s summed "
+        f"over {b['writers']} writer threads, waiting for input {b['starved']:.2f} s, waiting "
+        f"for the writers {b['blocked']:.2f} s, embedding loop {b['wall']:.2f} s; setup and "
+        f"finish (validate, hash, columns, verify) {r['pipeline_s'] - b['wall']:.2f} s."
+    )
+    return section(
+        f"extract, {r['trunk']} trunk",
+        setup,
+        figures,
+        spread,
+        breakdown,
+        _memory(r),
+        closing=f"extract / raw disk write = {number(r['ratio'], 3)} (embedding loop "
+        f"{number(r['loop_ratio'], 3)}, {number(r['embed_loop_gbs'], 3)} GB/s)",
+    )
+
+
+def _itemsize(r: dict) -> int:
+    return np.dtype(r["dtype"]).itemsize
+
+
+def _network_section(r: dict) -> Section:
+    """The ``extract`` section: bare forward vs the full extract, with a network."""
     b = r["breakdown"]
     setup = (
         f"`vh bench extract --rows {r['rows']} --preset {r['preset']} --repeats {r['repeats']}` "
@@ -253,12 +460,23 @@ def extract_section(r: dict) -> Section:
         "run on background threads, overlapping the forward): "
         f"decode {b['decode']:.2f} s, host-to-device copy {b['copy']:.2f} s, forward "
         f"{b['forward']:.2f} s, write {b['write']:.2f} s, trunk waiting for input "
-        f"{b['starved']:.2f} s, embedding loop {b['wall']:.2f} s. The trunk was busy "
+        f"{b['starved']:.2f} s, waiting for the writers {b['blocked']:.2f} s, embedding loop "
+        f"{b['wall']:.2f} s. The trunk was busy "
         f"{100 * b['forward'] / max(b['wall'], 1e-9):.1f} % of the embedding loop; setup and "
         f"finish (validate, hash, create, columns, fsyncs, verify, marker) took "
         f"{r['pipeline_s'] - b['wall']:.2f} s, a fixed cost that an extract of millions of rows "
         "amortises."
     )
+    if not r["codecs"]:
+        return section(
+            "extract",
+            setup,
+            figures,
+            spread,
+            breakdown,
+            _memory(r),
+            closing=f"pipeline / bare forward = {number(r['ratio'], 3)}",
+        )
     codecs = table(
         ["codec", "ratio", "write GB/s", "read GB/s"],
         [False, True, True, True],
@@ -278,6 +496,7 @@ def extract_section(r: dict) -> Section:
         figures,
         spread,
         breakdown,
+        _memory(r),
         f"emb codecs on these embeddings (tiled to about {r['codec_mib']} MiB of whole chunks, "
         "whole-chunk writes, reads into a preallocated buffer, best of 3):",
         codecs,

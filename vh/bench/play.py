@@ -10,12 +10,13 @@ one per legal move.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
 import numpy as np
 
-from vh.bench.report import Section, number, section, table, times, today
+from vh.bench.report import Section, machine, number, section, table, times, today
 from vh.progress import say
 
 _MEDIANS = np.array([0.0, 1000.0, 3000.0, 7000.0])  # made-up bucket medians (speed only)
@@ -50,6 +51,7 @@ def benchmark(presets, games: int, moves: int, device: str = "cpu", log=say) -> 
     from vh.extract.synth import game_seeds, play_games
 
     seeds = game_seeds(0, np.arange(1, games + 1, dtype=np.int64))
+    load = os.getloadavg()[0]  # a shared machine: the figures scale with the cores left
     rows = []
     for preset in presets:
         for mode in ("expectation", "afterstate"):
@@ -59,7 +61,7 @@ def benchmark(presets, games: int, moves: int, device: str = "cpu", log=say) -> 
             wall = time.perf_counter() - t0
             n = int(played.lengths.sum())
             rows.append({"preset": preset, "dim": dim, "mode": mode, "moves": n, "seconds": wall,
-                         "moves_per_s": n / wall, "threads": torch.get_num_threads()})  # fmt: skip
+                         "moves_per_s": n / wall, "threads": torch.get_num_threads(), "load": load})  # fmt: skip
             log(f"bench play {preset} {mode}: {n:,} moves in {wall:.1f} s ({n / wall:,.1f}/s)")
     return rows
 
@@ -81,7 +83,8 @@ def play_section(rows: list[dict], games: int, moves: int, device: str) -> Secti
         f"`vh bench play --games {games} --moves {moves}` — {games} seeded games, the first "
         f"{moves} moves of each, all games advancing together; depth 1 with a random-weight "
         f"trunk and a random ordinal probe (speed does not depend on what the weights learned); "
-        f"{device}, torch {torch.__version__} ({rows[0]['threads']} threads); {today()}. "
+        f"{device}, torch {torch.__version__} ({rows[0]['threads']} threads), {machine()}, load "
+        f"average {rows[0]['load']:.1f} at the start; {today()}. "
         "Early moves have many empty cells, so expectation mode evaluates ~100 leaves per move "
         "here; later moves of long games fewer.",
         table(

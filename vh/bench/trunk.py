@@ -8,6 +8,7 @@ the figure. One warm-up batch runs first, untimed (allocator and kernel selectio
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -31,7 +32,9 @@ def random_moves(rows: int, seed: int = 0):
     return Moves(exps, move.astype(np.int64), legal)
 
 
-def bench_train(preset: str, rows: int, batch: int, device: str = "cpu", seed: int = 0) -> dict:
+def bench_train(
+    preset: str, rows: int, batch: int, device: str = "cpu", seed: int = 0, threads: int = 0
+) -> dict:
     """Train rows/s of one preset: ``{preset, parameters, rows, batch, seconds, rows_per_s}``."""
     import torch
 
@@ -42,7 +45,7 @@ def bench_train(preset: str, rows: int, batch: int, device: str = "cpu", seed: i
     raw = preset_config(preset, head_type="action_policy")
     dev = torch.device(device)
     data = random_moves(rows + batch, seed)
-    with deterministic(dev, seed):
+    with deterministic(dev, seed, threads):
         model = Encoder(TrunkConfig.from_dict(raw, preset)).init_weights(seed).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         train_epoch(model, opt, data, np.arange(batch), batch, dev)  # warm-up, untimed
@@ -54,6 +57,7 @@ def bench_train(preset: str, rows: int, batch: int, device: str = "cpu", seed: i
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        used = torch.get_num_threads()
     return {
         "preset": preset,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -61,7 +65,7 @@ def bench_train(preset: str, rows: int, batch: int, device: str = "cpu", seed: i
         "batch": batch,
         "seconds": seconds,
         "rows_per_s": len(order) / seconds,
-        "threads": torch.get_num_threads(),
+        "threads": used,
         "device": device,
     }
 
@@ -88,7 +92,9 @@ def trunk_section(results: list[dict]) -> Section:
         "trunk train",
         f"`vh bench trunk-train` — the training loop of `vh trunk train` (forward, masked "
         f"cross-entropy over the legal moves, backward, AdamW step) on random boards; "
-        f"{machine()}, {results[0]['threads']} torch threads; {today()}.",
+        f"{machine()}, {results[0]['threads']} torch threads, load average "
+        f"{os.getloadavg()[0]:.1f} when it ended (a shared host: figures scale down with "
+        f"load); {today()}. GPU: not measured (no device lent to this run).",
         table(
             ["preset", "parameters", "device", "batch", "rows timed", "train rows/s"],
             [False, True, False, True, True, True],
