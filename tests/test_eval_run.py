@@ -215,3 +215,22 @@ def test_return_head_is_scored_in_raw_units(runs, tmp_path):
     h = metrics["runs"]["ret"]["headline"]
     assert abs(h["mae"]["value"] - np.mean(np.abs(pred.out["value"] - labels["ret"]))) < 1e-6
     assert metrics["verdicts"][0]["pool"] == "return" and metrics["winner"] == "ret"
+
+
+def test_rebuild_uses_the_recorded_eval_settings(runs, tmp_path):
+    # the report was made with n_boot=200 (not the default 1000): a plain --rebuild must reuse
+    # the recorded settings and give the same intervals, byte for byte
+    import shutil
+
+    _, out, _ = runs
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy)
+    before = (copy / "report.md").read_text()
+    res = CliRunner().invoke(main, ["eval", "--rebuild", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert "(200 resamples)" in before
+    assert (copy / "report.md").read_text() == before
+    # an explicit change of the eval section still wins
+    res = CliRunner().invoke(main, ["eval", "--rebuild", str(copy), "--set", "eval.n_boot=100"])
+    assert res.exit_code == 0, res.output
+    assert "(100 resamples)" in (copy / "report.md").read_text()

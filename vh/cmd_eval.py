@@ -84,7 +84,7 @@ def eval_cmd(
         if run_dirs or out or play:
             raise VhError("--rebuild takes neither RUN_DIR nor --out nor --play", field="--rebuild")
         _check_report_dir(rebuild, ())
-        done(_closing(rebuild, build_report(rebuild, cfg.eval, log=say)))
+        done(_closing(rebuild, build_report(rebuild, _rebuild_config(rebuild, cfg.eval), log=say)))
         return
     if not run_dirs or not out:
         raise VhError(
@@ -146,3 +146,17 @@ def bench_eval(rows: int, runs: int, heads: int, out: str | None, md: str | None
     with tempfile.TemporaryDirectory() as tmp:
         r = benchmark(n_rows=rows, n_runs=runs, n_heads=heads, cfg=cfg.eval, out=out or tmp)
     publish(eval_section(r), md)
+
+
+def _rebuild_config(report_dir: str, live):
+    """The eval settings a rebuild uses: those recorded in the report's eval.json (the same
+    resamples and seed give the same intervals), unless --config/--set changed the eval
+    section from its defaults, in which case those win."""
+    from vh.config import EvalConfig, from_dict
+    from vh.durable import try_read_json
+
+    if live != EvalConfig():
+        return live
+    rec = try_read_json(Path(report_dir) / "eval.json") or {}
+    recorded = (rec.get("config") or {}).get("eval")
+    return from_dict(EvalConfig, recorded) if isinstance(recorded, dict) else live
