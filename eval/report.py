@@ -130,7 +130,7 @@ def score_all(preds: list[Predictions], runs: dict[str, RunFiles], cfg: EvalConf
             if isinstance(m, dict) and m.get("best_val_nll") is not None
         ]
     add_composites(scores, ctx.top)
-    return Scored(ctx, scores, ctx.top, decide(scores, cfg.ci))
+    return Scored(ctx, scores, ctx.top, decide(scores, cfg.ci, n_runs=ctx.index.n_runs))
 
 
 # --------------------------------------------------------------------------- writing

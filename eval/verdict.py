@@ -53,13 +53,27 @@ def cross_criteria(pool: str) -> list[str]:
     return list(targets.pool(pool).cross)
 
 
-def decide(scores: list[HeadScore], ci: float) -> list[dict]:
-    """One verdict per pool present (threshold heads first)."""
-    return [
+def decide(scores: list[HeadScore], ci: float, n_runs: int | None = None) -> list[dict]:
+    """One verdict per pool present (threshold heads first).
+
+    With fewer than :data:`vh.eval.bootstrap.MIN_RUNS_FOR_INTERVALS` test runs (``n_runs``)
+    the intervals are approximate (they under-cover: tests/test_bootstrap_coverage.py), so no
+    winner is declared on them (a pool with one head keeps it: no interval decided it): the
+    head that would have won is kept as ``"provisional_winner"`` and the verdict records
+    ``"too_few_runs"``."""
+    verdicts = [
         decide_pool([s for s in scores if s.pool == pool], ci)
         for pool in pool_names()
         if any(s.pool == pool for s in scores)
     ]
+    if n_runs is not None and n_runs < B.MIN_RUNS_FOR_INTERVALS:
+        for v in verdicts:
+            if sum(len(f["ranking"]) for f in v["families"]) < 2:
+                continue  # a lone head wins no contest: no interval decided it
+            if v["winner"] is not None:
+                v["provisional_winner"], v["winner"] = v["winner"], None
+            v["too_few_runs"] = n_runs
+    return verdicts
 
 
 def decide_pool(scores: list[HeadScore], ci: float) -> dict:

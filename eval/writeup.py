@@ -45,6 +45,16 @@ def writeup(
     return paras
 
 
+def _too_few_runs_sentence(v: dict) -> str:
+    """Why a verdict with fewer than MIN_RUNS_FOR_INTERVALS test runs names no winner."""
+    lead = v.get("provisional_winner")
+    text = (
+        f"only {v['too_few_runs']} test runs (fewer than {B.MIN_RUNS_FOR_INTERVALS}), so the "
+        "intervals are approximate and no winner is declared on them"
+    )
+    return text + (f"; {lead} would lead (provisional)" if lead else "")
+
+
 def _verdict_paragraphs(v: dict, by_name: dict[str, HeadScore], top: list[int]) -> list[str]:
     """One pool: the winner (or none), heads left out, each family's contest, the cross one."""
     pool = targets.pool(v["pool"]).title
@@ -53,6 +63,9 @@ def _verdict_paragraphs(v: dict, by_name: dict[str, HeadScore], top: list[int]) 
         paras = [f"**Winner among the {pool}: {head_label(w)}** ({w.family})."]
     else:
         paras = [f"**No clear winner among the {pool}.**"]
+    if v.get("too_few_runs") is not None:
+        text = _too_few_runs_sentence(v)
+        paras.append(f"{text[0].upper()}{text[1:]}.")
     paras += [_excluded_sentence(e) for e in v.get("excluded", [])]
     for fam in v["families"]:
         if fam["cascade"] is None:
@@ -328,6 +341,10 @@ def _pick(v: dict, by_name: dict[str, HeadScore], ci: float) -> str:
                 f"(range {num(step['lo'])} to {num(step['hi'])}, which excludes 0)"
             )
         return f"**Co-train {v['winner']} next** (best of the {pool}){why} {see(VERDICT)}."
+    if v.get("provisional_winner"):
+        return (
+            f"No winner among the {pool} is declared: {_too_few_runs_sentence(v)} {see(VERDICT)}."
+        )
     if not v["families"]:
         return f"No {pool[:-1]} can be ranked: their figures are not finite numbers {see(VERDICT)}."
     lead = v["families"][0]["ranking"][0]

@@ -111,6 +111,21 @@ def test_identical_heads_give_no_clear_winner(tmp_path):
     assert all(s["lo"] == 0 and s["hi"] == 0 for s in steps)
 
 
+def test_too_few_test_runs_declare_no_winner(tmp_path):
+    # the same planted contest as above (good clearly beats bad) on 12 test runs only: below
+    # MIN_RUNS_FOR_INTERVALS the intervals under-cover, so no winner is declared on them
+    assert B.MIN_RUNS_FOR_INTERVALS > 12
+    preds = planted(
+        n_rows=1200, n_runs=12, heads={"good": ("ordinal", 0.1, 1), "bad": ("ordinal", 1.5, 2)}
+    )
+    metrics = R.build_report(_write(tmp_path, preds), EvalConfig(n_boot=100))
+    v = metrics["verdicts"][0]
+    assert metrics["winner"] is None and v["winner"] is None
+    assert v["provisional_winner"] == "good" and v["too_few_runs"] == 12
+    md = (tmp_path / "report.md").read_text()
+    assert "only 12 test runs (fewer than 20)" in md and "good would lead (provisional)" in md
+
+
 def _fake(name, kind="ordinal", **reps):
     """A HeadScore with given replicates (their mean is the point value)."""
     return HeadScore(

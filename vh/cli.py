@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # importing a command module registers its commands on the group
 from vh import (  # noqa: F401
+    cmd_bench,
     cmd_demo,
     cmd_eval,
     cmd_export,
