@@ -32,7 +32,6 @@ from vh.heads import rundir
 from vh.heads.data import (
     Batching,
     DeviceData,
-    StreamData,
     device_bytes,
     init_distributed,
     make_mesh,
@@ -42,6 +41,7 @@ from vh.heads.modules import linear_map as _linear_map
 from vh.heads.modules import make_head, unflatten_params
 from vh.heads.sampler import manifest_csv, sample_rows
 from vh.heads.splits import NAMES, check_nonempty, split_runs
+from vh.heads.stream import StreamData
 from vh.heads.targets import (
     TargetSpec,
     check_label_sources,

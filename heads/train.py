@@ -43,7 +43,6 @@ from vh.heads import rundir
 from vh.heads.data import (  # noqa: F401
     Batching,
     DeviceData,
-    StreamData,
     batch_layout,
     device_bytes,
     init_distributed,
@@ -54,6 +53,7 @@ from vh.heads.data import (  # noqa: F401
 from vh.heads.losses import Objective
 from vh.heads.modules import flatten_params
 from vh.heads.sampler import epoch_order  # noqa: F401
+from vh.heads.stream import StreamData  # noqa: F401
 from vh.progress import Progress
 
 TRACES: Counter = Counter()  # how often each jitted function was traced (tests assert 1)

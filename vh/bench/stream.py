@@ -119,6 +119,7 @@ def run_bench(cfg: FitConfig, *, rows: int, dim: int, chunk_rows: int, readers: 
     """Measure (a)–(d) of the module docstring on one cache; the ``stream`` section."""
     from vh.cache.reader import open_cache
     from vh.heads import data as D
+    from vh.heads import stream as S
     from vh.progress import Progress
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -132,7 +133,7 @@ def run_bench(cfg: FitConfig, *, rows: int, dim: int, chunk_rows: int, readers: 
         plan = D.Batching.plan(requested=cfg.train.batch_size, micro=cfg.train.microbatch,
                                n_train=rows, n_dev=mesh.size, seed=0)  # fmt: skip
         all_rows = np.arange(rows)
-        stream = D.StreamData(reader=reader, train_rows=all_rows, y_train=y, val_rows=all_rows[:0],
+        stream = S.StreamData(reader=reader, train_rows=all_rows, y_train=y, val_rows=all_rows[:0],
                               y_val=y[:0], batching=plan, mesh=mesh,
                               prefetch=cfg.train.prefetch_chunks, readers=readers)  # fmt: skip
         run_stream = epoch_runner(stream, cfg, dim)
