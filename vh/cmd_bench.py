@@ -84,4 +84,6 @@ def bench_scale_cmd(sizes, workdir, keep, md, note, results, render_only, sets):
         command = f"vh bench scale --sizes {sizes}" + "".join(
             f" --set {shlex.quote(s)}" for s in sets
         )
+        if res is not None:  # the table also holds the sizes measured earlier into it
+            command += f" --results {shlex.quote(str(res))}"
     publish(scale_section(measured, command=command, note=note), md)
