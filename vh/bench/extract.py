@@ -362,8 +362,9 @@ def free_trunk_section(r: dict) -> Section:
         f"--codec-mib 0` — {r['trunk']} trunk (D = {r['d']}, costs nothing: what is measured "
         f"is decode, columns and write), {r['device']}, {r['writers']} writer threads, batch "
         f"{r['batch_size']}, chunk {r['chunk_rows']} rows, {r['dtype']}; {machine()}, load "
-        f"average {r['load']:.1f} at the end (**shared with other engineers' jobs: figures "
-        f"are noisy**); {r['repeats']} pairs of (b) then (a), {today()}."
+        f"average {r['load']:.1f} at the end"
+        f"{' (**a busy machine: figures are noisy**)' if r['load'] > 1.0 else ''}; "
+        f"{r['repeats']} pairs of (b) then (a), {today()}."
     )
     figures = table(
         ["measurement", "rows/s", "GB/s of embeddings"],
