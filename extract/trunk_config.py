@@ -2,9 +2,9 @@
 
 Every field is declared once, with :func:`spec`, next to its type: its default (none = the
 field is required), where it sits in the JSON when that is not under its own name, and its
-valid values as :class:`vh.ranges.Range` keywords (the same machinery as the TOML config's).
-Parsing is strict: a missing field, a wrong type (a bool is never a number), a value out of
-range or two fields that contradict each other (``_relations``) raise
+valid values as :class:`vh.ranges.Range` keywords. Parsing is strict, by the parser the TOML
+config shares (:mod:`vh.strict`): a missing field, a wrong type (a bool is never a number), a
+value out of range or two fields that contradict each other (``_relations``) raise
 :class:`~vh.errors.VhError` naming the file and the field, before any tensor is allocated.
 
 The upper bounds are far above any 2048 trunk (the ``288x10`` preset has ~10M parameters);
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vh import strict
 from vh.errors import VhError
 from vh.ranges import Range, field_range
 
@@ -32,28 +33,22 @@ BINS_MAX = 65_536  # output bins and value-head vocab (the fit's n_bins / return
 MAX_PARAMETERS = 2**32
 _MISSING = object()
 
+# the shapes of the presets, with the ecosystem's field names: (hidden_size, layers, heads,
+# kv heads, intermediate_size); 288x10 is the seed trunk's
+_PRESET_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-    ),
-    "small": dict(
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-    ),
-    "288x10": dict(
-        hidden_size=288,
-        num_hidden_layers=10,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        intermediate_size=1152,
-    ),
+    name: dict(zip(_PRESET_FIELDS, dims, strict=True))
+    for name, dims in (
+        ("tiny", (32, 2, 4, 2, 128)),
+        ("small", (128, 4, 4, 2, 512)),
+        ("288x10", (288, 10, 6, 2, 1152)),
+    )
 }
 
 # --------------------------------------------------------------------------- declaring fields
@@ -96,9 +91,10 @@ def _choice(*names: str) -> dict[str, str]:
 
 
 def _take(
-    d: dict, key: str, kind: type, where, *, default: Any = _MISSING, prefix: str = ""
+    d: dict, key: str, kind: type, where, *, default: Any = _MISSING, prefix: str = "", rng=None
 ) -> Any:
-    """``d[key]`` checked against ``kind`` (bool is never an int or a float), or ``default``."""
+    """``d[key]`` parsed as ``kind`` and checked against ``rng`` by :func:`vh.strict.parse`,
+    or ``default`` when it is absent or null (none given: the field is required)."""
     value = d.get(key)
     if value is None:
         if default is _MISSING:
@@ -108,34 +104,8 @@ def _take(
                 field=prefix + key,
             )
         return default
-    accepted = (int, float) if kind is float else (kind,)  # JSON writes 1e-05 or 1
-    if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted):
-        raise VhError(f"expected {kind.__name__}, got {value!r}", path=where, field=prefix + key)
-    if kind is float and isinstance(value, int) and abs(value) > 2**1000:
-        raise VhError(
-            f"expected a finite number, got {_big(value)}", path=where, field=prefix + key
-        )
-    return float(value) if kind is float else value
-
-
-def _big(value: int) -> str:
-    """An integer too long to print whole in a one-line message."""
-    return f"an integer of {len(str(abs(value)))} digits"
-
-
-def _check_range(f: dataclasses.Field, value: Any, where, key: str) -> None:
-    """Raise VhError naming ``where`` and ``key`` unless ``value`` is in ``f``'s range."""
-    r = field_range(f)
-    if r is None:
-        return
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1000:
-        # Range tests finiteness with a float conversion, which overflows here
-        why = f"out of range: expected {r.describe()}, got {_big(value)}"
-        raise VhError(why, path=where, field=key)
-    try:
-        r.check(value, key)
-    except VhError as e:
-        raise VhError(e.message, path=where, field=key) from None
+    with strict.located(where):
+        return strict.parse(value, kind, prefix + key, rng)
 
 
 @functools.cache
@@ -174,10 +144,8 @@ def read_field(cls: type, name: str, d: dict, where, prefix: str = "", resolved=
         default = (resolved or {})[f.metadata["default_from"]]
     if leaf not in node and default is _MISSING and f.metadata.get("missing"):
         raise VhError(f.metadata["missing"], path=where, field=prefix + leaf)
-    value = _take(node, leaf, _kinds(cls)[name], where, default=default, prefix=prefix)
-    if value is not None:
-        _check_range(f, value, where, prefix + leaf)
-    return value
+    kind, rng = _kinds(cls)[name], field_range(f)
+    return _take(node, leaf, kind, where, default=default, prefix=prefix, rng=rng)
 
 
 def _read_all(cls: type, d: dict, where, prefix: str = "", skip=()) -> dict[str, Any]:

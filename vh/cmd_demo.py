@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import click
 
-from vh.cmd_trunk import trust_pickle_option
-from vh.shell import done, main
+from vh.shell import done, folder_option, init_option, main, trust_pickle_option
 
 
 @main.command()
-@click.option(
+@folder_option(
     "--out",
+    required=False,
     default="demo-out",
-    show_default=True,
-    type=click.Path(file_okay=False),
     help="Where the dataset, trunk, caches, runs and report go.",
 )
-@click.option(
-    "--init",
-    default=None,
-    type=click.Path(),
-    help="Use this trunk init dir instead of training one.",
-)
+@init_option("Use this trunk init dir instead of training one.")
 @click.option(
     "--play",
     "play_games",

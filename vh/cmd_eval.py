@@ -10,7 +10,7 @@ import click
 
 from vh import durable
 from vh.errors import VhError
-from vh.shell import bench, config_options, done, main
+from vh.shell import bench, config_options, count_option, done, file_option, folder_option, main
 
 
 def _made_by_eval(out: Path) -> bool:
@@ -50,11 +50,10 @@ def _closing(report_dir: str, metrics: dict) -> str:
 
 @main.command("eval")
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Report dir to write.")
-@click.option(
+@folder_option("--out", required=False, help="Report dir to write.")
+@folder_option(
     "--rebuild",
-    type=click.Path(file_okay=False),
-    default=None,
+    required=False,
     help="Rebuild REPORT_DIR from its files only (predictions, copied run files).",
 )
 @click.option(
@@ -103,38 +102,13 @@ def eval_cmd(
 
 
 @bench.command("eval")
-@click.option(
-    "--rows",
-    type=click.IntRange(min=1),
-    default=5_000_000,
-    show_default=True,
-    help="Planted test states.",
+@count_option("--rows", 5_000_000, "Planted test states.")
+@count_option("--runs", 20_000, "Test runs they belong to.")
+@count_option("--heads", 2, "Ordinal heads to score.")
+@folder_option(
+    "--out", required=False, help="Where the report pages go (default: a temporary dir)."
 )
-@click.option(
-    "--runs",
-    type=click.IntRange(min=1),
-    default=20_000,
-    show_default=True,
-    help="Test runs they belong to.",
-)
-@click.option(
-    "--heads",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Ordinal heads to score.",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where the report pages go (default: a temporary dir).",
-)
-@click.option(
-    "--md",
-    type=click.Path(dir_okay=False),
-    help="Also write the results as section 'eval' of this markdown file.",
-)
+@file_option("--md", help="Also write the results as section 'eval' of this markdown file.")
 @config_options
 def bench_eval(rows: int, runs: int, heads: int, out: str | None, md: str | None, cfg) -> None:
     """Score planted predictions: every metric, cfg.eval.n_boot resamples, the report pages."""

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import click
 
-from vh.cmd_trunk import trust_pickle_option
 from vh.progress import say
-from vh.shell import done, main
+from vh.shell import done, folder_option, init_option, main, seed_option, trust_pickle_option
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option(
-    "--init",
-    "init",
-    required=True,
-    type=click.Path(),
-    help="The trunk init dir the run's cache was extracted from.",
-)
-@click.option(
-    "--out",
-    "out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="New init dir: the trunk plus the head as value_head.",
-)
+@init_option("The trunk init dir the run's cache was extracted from.", required=True)
+@folder_option("--out", help="New init dir: the trunk plus the head as value_head.")
 @click.option("--member", default=None, help="Grid member (default: best by validation NLL).")
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**31 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of a weightless init dir.",
-)
+@seed_option("Seed of a weightless init dir.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output dir.")
 @click.option(
     "--temperature",

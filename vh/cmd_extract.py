@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from vh.cmd_trunk import trust_pickle_option
-from vh.shell import bench, config_options, done, main
+from vh.shell import (
+    bench,
+    config_options,
+    count_option,
+    done,
+    file_option,
+    folder_option,
+    init_option,
+    main,
+    preset_option,
+    trust_pickle_option,
+)
 
 
 def _with_overrides(cfg, **values):
@@ -18,21 +29,31 @@ def _with_overrides(cfg, **values):
     return build(Config, {"extract": given}, base=cfg) if given else cfg
 
 
+def _bench_files(caches: str, md: str, section: str) -> Callable:
+    """``--workdir`` (where a benchmark's dataset and ``caches`` go) and the markdown file
+    ``md`` whose ``section`` it rewrites: the two files options of the extract benchmarks."""
+
+    def add(fn: Callable) -> Callable:
+        why = f"Markdown file whose '{section}' section is rewritten."
+        fn = file_option(md, default="BENCHMARKS.md", help=why)(fn)
+        why = f"Where the dataset and {caches} go (a temp dir by default)."
+        return folder_option("--workdir", required=False, help=why)(fn)
+
+    return add
+
+
+def _in_workdir(run: Callable, cfg, workdir: str | None, **kw):
+    """``run(cfg, workdir=..., **kw)`` in ``workdir``, or in a temp dir removed afterwards."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(cfg, workdir=Path(workdir or tmp), **kw)
+
+
 @main.command()
-@click.option(
-    "--dataset",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Dataset dir (steps-*.npy, metadata.db, optional values-*.npy).",
-)
-@click.option(
-    "--init",
-    "init",
-    type=click.Path(),
-    default=None,
-    help="Trunk init dir, .pt bundle or .safetensors (not with --trunk onehot).",
-)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache dir.")
+@folder_option("--dataset", help="Dataset dir (steps-*.npy, metadata.db, optional values-*.npy).")
+@init_option("Trunk init dir, .pt bundle or .safetensors (not with --trunk onehot).")
+@folder_option("--out", help="Cache dir.")
 @click.option(
     "--trunk",
     type=click.Choice(["init", "onehot", "null"]),
@@ -92,34 +113,14 @@ def extract(
 
 
 @bench.command("extract")
-@click.option(
-    "--rows",
-    type=click.IntRange(min=1),
-    default=20_000,
-    show_default=True,
-    help="Rows embedded by each measurement.",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(["tiny", "small", "288x10"]),
-    default="small",
-    show_default=True,
-    help="Trunk size (random weights).",
-)
-@click.option(
+@count_option("--rows", 20_000, "Rows embedded by each measurement.")
+@preset_option(default="small", help="Trunk size (random weights).")
+@count_option(
     "--repeats",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Pairs of (a) bare forward then (b) pipeline; the median pair ratio is reported.",
+    5,
+    "Pairs of (a) bare forward then (b) pipeline; the median pair ratio is reported.",
 )
-@click.option(
-    "--codec-mib",
-    type=click.IntRange(min=0),
-    default=256,
-    show_default=True,
-    help="Size of the emb codec measurement (0: none).",
-)
+@count_option("--codec-mib", 256, "Size of the emb codec measurement (0: none).", at_least=0)
 @click.option(
     "--trunk",
     type=click.Choice(["init", "null", "onehot"]),
@@ -128,39 +129,17 @@ def extract(
     help="init: a random --preset network, compared with its bare forward; null / onehot: a "
     "free trunk, the pipeline compared with the raw disk write of the same bytes.",
 )
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where the dataset and caches go (a temp dir by default).",
-)
-@click.option(
-    "--benchmarks",
-    type=click.Path(dir_okay=False),
-    default="BENCHMARKS.md",
-    show_default=True,
-    help="Markdown file whose 'extract' section is rewritten.",
-)
+@_bench_files("caches", "--benchmarks", section="extract")
 @config_options
 def bench_extract_cmd(rows, preset, repeats, codec_mib, trunk, workdir, benchmarks, cfg):
     """The full extract vs its bound on the same rows: the bare trunk forward on pre-decoded
     tokens (--trunk init), or the raw disk write of the same bytes (--trunk null|onehot)."""
-    import tempfile
-
     from vh.bench.extract import bench_extract, extract_section
     from vh.bench.report import publish
 
     cfg = _with_overrides(cfg, trunk=trunk)
-    with tempfile.TemporaryDirectory() as tmp:
-        res = bench_extract(
-            cfg,
-            rows=rows,
-            preset=preset,
-            repeats=repeats,
-            workdir=Path(workdir or tmp),
-            codec_bytes=codec_mib << 20,
-        )
-    publish(extract_section(res), benchmarks)
+    sizes = dict(rows=rows, preset=preset, repeats=repeats, codec_bytes=codec_mib << 20)
+    publish(extract_section(_in_workdir(bench_extract, cfg, workdir, **sizes)), benchmarks)
 
 
 @bench.command("gpu")
@@ -170,46 +149,21 @@ def bench_extract_cmd(rows, preset, repeats, codec_mib, trunk, workdir, benchmar
     show_default=True,
     help="auto (a GPU when there is one, else the CPU fallback), cpu, cuda or cuda:N.",
 )
-@click.option("--extract-rows", type=click.IntRange(min=1), default=5_000_000,
-              show_default=True, help="Synthetic states embedded by the extract part.")  # fmt: skip
-@click.option("--preset", type=click.Choice(["tiny", "small", "288x10"]), default="288x10",
-              show_default=True, help="Trunk size (random weights).")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=16_384, show_default=True,
-              help="Rows per trunk forward.")  # fmt: skip
-@click.option("--probe-rows", type=click.IntRange(min=1), default=20_000_000,
-              show_default=True, help="Cached rows of the probe and 8-head grid epochs.")  # fmt: skip
-@click.option("--dim", type=click.IntRange(min=1), default=288, show_default=True,
-              help="Width of the cached rows.")  # fmt: skip
-@click.option("--mlp-rows", type=click.IntRange(min=1), default=2_000_000, show_default=True,
-              help="Rows of the MLP head's epoch.")  # fmt: skip
-@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Timed rounds of the heads (after a warm-up round).")  # fmt: skip
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where the dataset and cache go (a temp dir by default).")  # fmt: skip
-@click.option("--md", type=click.Path(dir_okay=False), default="BENCHMARKS.md",
-              show_default=True, help="Markdown file whose 'gpu' section is rewritten.")  # fmt: skip
+@count_option("--extract-rows", 5_000_000, "Synthetic states embedded by the extract part.")
+@preset_option(default="288x10", help="Trunk size (random weights).")
+@count_option("--batch-size", 16_384, "Rows per trunk forward.")
+@count_option("--probe-rows", 20_000_000, "Cached rows of the probe and 8-head grid epochs.")
+@count_option("--dim", 288, "Width of the cached rows.")
+@count_option("--mlp-rows", 2_000_000, "Rows of the MLP head's epoch.")
+@count_option("--rounds", 2, "Timed rounds of the heads (after a warm-up round).")
+@_bench_files("cache", "--md", section="gpu")
 @config_options
-def bench_gpu_cmd(device, extract_rows, preset, batch_size, probe_rows, dim, mlp_rows, rounds,
-                  workdir, md, cfg):  # fmt: skip
+def bench_gpu_cmd(workdir, md, cfg, **sizes):
     """The device figures in one command (≤ 5 minutes on an H200): extract with the trunk in
     bf16, the full pipeline vs the bare forward; an on-device probe epoch, the MLP head and an
     8-head grid. Without a GPU it runs on the CPU (use small sizes)."""
-    import tempfile
-
     from vh.bench.gpu import bench_gpu
     from vh.bench.report import publish
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sec = bench_gpu(
-            cfg,
-            device=device,
-            extract_rows=extract_rows,
-            preset=preset,
-            batch_size=batch_size,
-            probe_rows=probe_rows,
-            dim=dim,
-            mlp_rows=mlp_rows,
-            rounds=rounds,
-            workdir=Path(workdir or tmp),
-        )
-    publish(sec, md)
+    # the other options (--device, --extract-rows, ...) are bench_gpu's keywords by name
+    publish(_in_workdir(bench_gpu, cfg, workdir, **sizes), md)

@@ -7,19 +7,14 @@ import dataclasses
 import click
 
 from vh.heads.targets import cli_names
-from vh.shell import bench, config_options, done, main
+from vh.shell import bench, config_options, count_option, done, file_option, folder_option, main
 
 HEADS = cli_names()  # --head NAME -> fit.target.kind: every target kind and its aliases
 
 
 @main.command()
-@click.option(
-    "--cache",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Embedding cache written by vh extract.",
-)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run dir.")
+@folder_option("--cache", help="Embedding cache written by vh extract.")
+@folder_option("--out", help="Run dir.")
 @click.option(
     "--head",
     type=click.Choice(sorted(HEADS)),
@@ -67,47 +62,21 @@ def fit(cfg, cache, out, head, arch, grid, resume):
 
 
 @bench.command("fit")
-@click.option(
-    "--rows",
-    type=click.IntRange(min=1),
-    default=2_000_000,
-    show_default=True,
-    help="Cached states.",
-)
-@click.option(
-    "--dim", type=click.IntRange(min=1), default=288, show_default=True, help="Embedding width."
-)
-@click.option(
+@count_option("--rows", 2_000_000, "Cached states.")
+@count_option("--dim", 288, "Embedding width.")
+@folder_option(
     "--cache",
-    type=click.Path(file_okay=False),
+    required=False,
     help="Use this cache's first --rows rows instead of random float16 embeddings.",
 )
-@click.option(
-    "--rounds",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Interleaved timed rounds (after a warm-up round).",
+@count_option("--rounds", 3, "Interleaved timed rounds (after a warm-up round).")
+@count_option(
+    "--seed-batch", 1024, "States per timed batch of the seed's in-loop trunk (it is slow)."
 )
-@click.option(
-    "--seed-batch",
-    type=click.IntRange(min=1),
-    default=1024,
-    show_default=True,
-    help="States per timed batch of the seed's in-loop trunk (it is slow).",
+@count_option(
+    "--mlp-rows", 262_144, "Rows of the MLP epoch slice (its rows/s extrapolate to a full epoch)."
 )
-@click.option(
-    "--mlp-rows",
-    type=click.IntRange(min=1),
-    default=262_144,
-    show_default=True,
-    help="Rows of the MLP epoch slice (its rows/s extrapolate to a full epoch).",
-)
-@click.option(
-    "--md",
-    type=click.Path(dir_okay=False),
-    help="Also write the results as section 'fit' of this markdown file.",
-)
+@file_option("--md", help="Also write the results as section 'fit' of this markdown file.")
 @config_options
 def bench_fit(cfg, rows, dim, cache, rounds, seed_batch, mlp_rows, md):
     """Heads on cached states vs the seed's in-loop trunk and a plain PyTorch loop."""
@@ -119,30 +88,15 @@ def bench_fit(cfg, rows, dim, cache, rounds, seed_batch, mlp_rows, md):
 
 
 @bench.command("stream")
-@click.option(
-    "--rows", type=click.IntRange(min=1), default=2_000_000, show_default=True,
-    help="Rows of the cache built for the benchmark.",
-)  # fmt: skip
-@click.option(
-    "--dim", type=click.IntRange(min=1), default=256, show_default=True, help="Embedding width."
-)
-@click.option(
-    "--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True,
-    help="Rows per cache chunk.",
-)  # fmt: skip
-@click.option(
-    "--readers", type=click.IntRange(min=1), default=4, show_default=True,
-    help="Reader threads of the stream.",
-)  # fmt: skip
+@count_option("--rows", 2_000_000, "Rows of the cache built for the benchmark.")
+@count_option("--dim", 256, "Embedding width.")
+@count_option("--chunk-rows", 65_536, "Rows per cache chunk.")
+@count_option("--readers", 4, "Reader threads of the stream.")
 @click.option(
     "--dir", "folder", type=click.Path(file_okay=False, exists=True),
     help="Build the cache under this folder (default: the temp folder); removed afterwards.",
 )  # fmt: skip
-@click.option(
-    "--md",
-    type=click.Path(dir_okay=False),
-    help="Also write the results as section 'stream' of this markdown file.",
-)
+@file_option("--md", help="Also write the results as section 'stream' of this markdown file.")
 @click.option("--note", default="", help="A paragraph to add to the section (conditions).")
 @config_options
 def bench_stream(cfg, rows, dim, chunk_rows, readers, folder, md, note):

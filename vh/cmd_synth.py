@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from vh.shell import bench, config_options, done, main
+from vh.shell import bench, config_options, count_option, done, folder_option, main
 
 
 @main.command("synth")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset dir.")
+@folder_option("--out", help="Dataset dir.")
 @click.option("--games", type=click.IntRange(min=1), default=None, help="[synth.games]")
 @click.option("--player", default=None, help="random, greedy or expectimax. [synth.player]")
 @click.option(
@@ -71,34 +71,12 @@ def synth_cmd(
 
 
 @bench.command("synth")
-@click.option(
-    "--games",
-    type=click.IntRange(min=1),
-    default=100_000,
-    show_default=True,
-    help="Games played by random and greedy (in synth's waves).",
+@count_option("--games", 100_000, "Games played by random and greedy (in synth's waves).")
+@count_option(
+    "--moves", 100, "Moves per greedy game at most (random games play to their end, ~120 moves)."
 )
-@click.option(
-    "--moves",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Moves per greedy game at most (random games play to their end, ~120 moves).",
-)
-@click.option(
-    "--search-games",
-    type=click.IntRange(min=1),
-    default=2_000,
-    show_default=True,
-    help="Games played by expectimax.",
-)
-@click.option(
-    "--search-moves",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Moves per expectimax game.",
-)
+@count_option("--search-games", 2_000, "Games played by expectimax.")
+@count_option("--search-moves", 20, "Moves per expectimax game.")
 @config_options
 def bench_synth_cmd(games, moves, search_games, search_moves, cfg):
     """Moves/s of the engine with each player, vectorised over many games in one process."""
@@ -117,13 +95,7 @@ def bench_synth_cmd(games, moves, search_games, search_moves, cfg):
 
 @bench.command("decode")
 @click.option("--rows", type=click.IntRange(min=1), default=4_000_000, show_default=True)
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1),
-    default=65_536,
-    show_default=True,
-    help="Rows decoded per call into the preallocated buffer.",
-)
+@count_option("--batch", 65_536, "Rows decoded per call into the preallocated buffer.")
 def bench_decode_cmd(rows, batch):
     """Rows/s from dataset rows to tokens: packed boards (unpack) and self-play exps."""
     from vh.bench.report import publish

@@ -8,38 +8,28 @@ from pathlib import Path
 
 import click
 
-from vh.shell import bench, done, trunk
-
-# the keys of vh.extract.trunk.PRESETS, spelled out so `vh --help` needs no torch import
-# (tests/test_trunk.py checks that the two agree)
-PRESET_NAMES = ("tiny", "small", "288x10")
-
-# every command that reads a trunk takes this flag (vh extract, vh export, vh demo, vh trunk show)
-trust_pickle_option = click.option(
-    "--trust-pickle",
-    is_flag=True,
-    help="Load a .pt trunk that holds pickled objects beyond tensors. This EXECUTES code "
-    "from the file: only for files you trust (better: convert it to safetensors once).",
+# PRESET_NAMES and trust_pickle_option are shared options; importers still find them here
+from vh.shell import (
+    PRESET_NAMES,  # noqa: F401
+    bench,
+    count_option,
+    done,
+    file_option,
+    folder_option,
+    preset_option,
+    seed_option,
+    trunk,
+    trust_pickle_option,
 )
 
 
 @trunk.command("init")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Init dir to write (config.json + model.safetensors).",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(PRESET_NAMES),
+@folder_option("--out", help="Init dir to write (config.json + model.safetensors).")
+@preset_option(
     default="tiny",
-    show_default=True,
     help="Size: tiny 32x2, small 128x4, 288x10 (the seed trunk's shape).",
 )
-@click.option(
-    "--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help="Weight seed."
-)
+@seed_option("Weight seed.")
 @click.option(
     "--vocab",
     type=click.Choice(["16", "17"]),
@@ -75,13 +65,7 @@ def init(
 
 @trunk.command("show")
 @click.argument("init", type=click.Path())
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**31 - 1),  # numpy/torch/JAX all take these
-    default=0,
-    show_default=True,
-    help="Seed of the random init when INIT has no weights.",
-)
+@seed_option("Seed of the random init when INIT has no weights.")
 @trust_pickle_option
 def show(init: str, seed: int, trust_pickle: bool) -> None:
     """Print the resolved config, the weights file, parameter count and sha256 of INIT."""
@@ -97,30 +81,26 @@ def show(init: str, seed: int, trust_pickle: bool) -> None:
         click.echo(f"extra config keys (kept, unused): {', '.join(lt.config.extra_keys)}")
 
 
+def _trained(rec: dict, epochs_run: int, out) -> str:
+    """The closing line of `vh trunk train`: what was trained, how well, where it went."""
+    base = rec["val_baselines"]
+    return (
+        f"wrote a trunk trained {rec['epochs']} epochs ({epochs_run} by this run) on "
+        f"{rec['rows']['train']:,} moves of {rec['train_runs']['count']:,} train runs: val "
+        f"accuracy {rec['val_accuracy']:.3f} (majority move {base['majority_move']:.3f}, "
+        f"uniform legal {base['uniform_legal']:.3f}) to {out}"
+    )
+
+
 @trunk.command("train")
-@click.option(
-    "--dataset",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Dataset dir whose recorded moves are learnt.",
+@folder_option("--dataset", help="Dataset dir whose recorded moves are learnt.")
+@folder_option(
+    "--out", help="Init dir to write (config.json + model.safetensors + the train state)."
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Init dir to write (config.json + model.safetensors + the train state).",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(PRESET_NAMES),
-    default=None,
-    help="Size: tiny 32x2 (the default), small 128x4, 288x10.",
-)
-@click.option(
+@preset_option(help="Size: tiny 32x2 (the default), small 128x4, 288x10.")
+@file_option(
     "--config",
     "trunk_config",
-    type=click.Path(dir_okay=False),
-    default=None,
     help="A trunk config.json to train instead of a preset (its head becomes action_policy).",
 )
 @click.option("--epochs", type=int, default=None, help="[trunk.epochs]")
@@ -134,11 +114,9 @@ def show(init: str, seed: int, trust_pickle: bool) -> None:
 @click.option(
     "--threads", type=int, default=None, help="Torch CPU threads, 0 = torch's. [trunk.threads]"
 )
-@click.option(
+@file_option(
     "--settings",
-    "settings",
     multiple=True,
-    type=click.Path(dir_okay=False),
     help="vh TOML config (repeatable): its [trunk] section and the split of [fit.split].",
 )
 @click.option(
@@ -179,52 +157,23 @@ def train(
         split=cfg.fit.split,
         overwrite=overwrite,
     )
-    rec = r.record
-    base = rec["val_baselines"]
-    done(
-        f"wrote a trunk trained {rec['epochs']} epochs ({r.epochs_run} by this run) on "
-        f"{rec['rows']['train']:,} moves of {rec['train_runs']['count']:,} train runs: val "
-        f"accuracy {rec['val_accuracy']:.3f} (majority move {base['majority_move']:.3f}, "
-        f"uniform legal {base['uniform_legal']:.3f}) to {r.out}"
-    )
+    done(_trained(r.record, r.epochs_run, r.out))
 
 
 @bench.command("trunk-train")
-@click.option(
-    "--rows",
-    type=click.IntRange(min=1),
-    default=20_000,
-    show_default=True,
-    help="Rows trained by each measurement.",
-)
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Rows per AdamW step.",
-)
-@click.option(
+@count_option("--rows", 20_000, "Rows trained by each measurement.")
+@count_option("--batch", 256, "Rows per AdamW step.")
+@preset_option(
     "--preset",
     "presets",
-    type=click.Choice(PRESET_NAMES),
     multiple=True,
     default=("tiny", "small"),
-    show_default=True,
     help="Trunk sizes measured (repeatable).",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Torch CPU threads (0 = torch's default).",
-)
-@click.option(
+@count_option("--threads", 0, "Torch CPU threads (0 = torch's default).", at_least=0)
+@file_option(
     "--benchmarks",
-    type=click.Path(dir_okay=False),
-    default=None,
     help="Markdown file whose 'trunk train' section is rewritten (none: print only).",
 )
 def bench_trunk_train_cmd(rows, batch, presets, device, threads, benchmarks) -> None:

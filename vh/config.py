@@ -4,7 +4,8 @@ One root :class:`Config` with a section per phase. Values come from the dataclas
 then each TOML file in order, then ``--set section.key=value`` overrides. Unknown keys,
 wrongly typed values and values outside a field's declared range raise
 :class:`~vh.errors.VhError` naming the key (``fit.train.lr``), before any command creates
-anything. The resolved config travels with every artifact (:func:`to_dict`).
+anything; :mod:`vh.strict` reads each value (the parser the trunk's config.json shares).
+The resolved config travels with every artifact (:func:`to_dict`).
 
 Ranges: every number, string and list field is declared with :func:`ranged` next to its
 default (bounds, pattern, length, order); rules that tie two fields together (split fractions
@@ -20,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
+from vh import strict
 from vh.errors import VhError
 
 # the declared ranges (Range, ranged, ...) live in vh.ranges; re-exported for importers
@@ -202,6 +203,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FitConfig:
+    """`vh fit`: what a head predicts, the head, its loss, the split, the sampler, the loop."""
+
     target: TargetConfig = field(default_factory=TargetConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -239,6 +242,10 @@ class TrunkTrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole config: one section per command that reads it, in the pipeline's order
+    (``[synth]``, ``[extract]``, ``[fit.*]``, ``[eval]``, and ``[trunk]`` for `vh trunk train`).
+    """
+
     synth: SynthConfig = field(default_factory=SynthConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     fit: FitConfig = field(default_factory=FitConfig)
@@ -247,13 +254,6 @@ class Config:
 
 
 # --------------------------------------------------------------------------- checking
-
-
-def check_field(f: dataclasses.Field, value: Any, key: str) -> None:
-    """Raise :class:`VhError` naming ``key`` unless ``value`` is in ``f``'s declared range."""
-    r = field_range(f)
-    if r is not None:
-        r.check(value, key)
 
 
 def validate(obj: Any, prefix: str = "") -> None:
@@ -271,7 +271,7 @@ def validate(obj: Any, prefix: str = "") -> None:
         if dataclasses.is_dataclass(value):
             validate(value, f"{prefix}{f.name}.")
         else:
-            check_field(f, value, prefix + f.name)
+            strict.check_field(f, value, prefix + f.name)
     relations = getattr(obj, "_relations", None)
     for name, message in relations() if relations else ():
         raise VhError(message, field=prefix + name)
@@ -296,7 +296,7 @@ def check_grid(grid: dict[str, tuple]) -> dict[str, tuple]:
     for key, values in grid.items():
         for v in values if key in fields else ():  # parse_grid refuses unknown keys
             try:
-                check_field(fields[key], v, f"fit.train.{key}")
+                strict.check_field(fields[key], v, f"fit.train.{key}")
             except VhError as e:
                 raise VhError(e.message, path=f"--grid {key}", field=e.field) from None
     return grid
@@ -307,64 +307,6 @@ def check_grid(grid: dict[str, tuple]) -> dict[str, tuple]:
 
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "none"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against ``tp`` and return it in canonical form, or raise naming ``key``."""
-    origin = typing.get_origin(tp)
-    bad = VhError(f"expected {_type_name(tp)}, got {value!r}", field=key)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise bad
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except VhError:
-                pass
-        raise bad
-    if origin is tuple:
-        (elem, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise bad
 
 
 def build(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
@@ -399,8 +341,7 @@ def build(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
         if _is_dataclass_type(tp):
             kwargs[name] = build(tp, value, key + ".", getattr(base, name))
         else:
-            kwargs[name] = _coerce(value, tp, key)
-            check_field(fields[name], kwargs[name], key)
+            kwargs[name] = strict.parse(value, tp, key, field_range(fields[name]))
     return dataclasses.replace(base, **kwargs)
 
 
@@ -461,13 +402,9 @@ def load_config(
     cfg = base if base is not None else Config()
     layers: list[tuple[str, dict]] = []  # (source, its table), to name who broke a rule
     for p in paths:
-        try:
+        with strict.located(p):
             data = read_toml(p)
             cfg = build(Config, data, base=cfg)
-        except VhError as e:
-            if e.path is None:
-                e = VhError(e.message, path=p, field=e.field, code=e.code)
-            raise e from None
         layers.append((os.fspath(p), data))
     if sets:
         try:

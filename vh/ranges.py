@@ -2,8 +2,8 @@
 
 Every number, string and list field of a config dataclass (:mod:`vh.config`, and the trunk's
 ``config.json`` in :mod:`vh.extract.trunk_config`) declares its valid values next to its
-default with :func:`ranged`; the strict loaders check them with :meth:`Range.check`, naming
-the dotted key in the error.
+default with :func:`ranged`; the one strict parser (:mod:`vh.strict`) checks them with
+:meth:`Range.check` once a value has its type, naming the dotted key in the error.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class Range:
             self._check_number(value, key)
 
     def _check_number(self, v: int | float, key: str) -> None:
-        if not math.isfinite(v):
+        # an int is always finite (and may be too large to test as a float: JSON's 10**2000)
+        if not isinstance(v, int) and not math.isfinite(v):
             bounds = f" {self.describe()}" if self.describe() else ""
             raise VhError(f"expected a finite number{bounds}, got {v!r}", field=key)
         bad = (
@@ -83,7 +84,9 @@ class Range:
         )
         if bad:
             why = f" ({self.why})" if self.why else ""
-            raise VhError(f"out of range: expected {self.describe()}{why}, got {v!r}", field=key)
+            raise VhError(
+                f"out of range: expected {self.describe()}{why}, got {value_text(v)}", field=key
+            )
 
     def _check_list(self, values: tuple, key: str) -> None:
         if self.lengths is not None and len(values) not in self.lengths:
@@ -94,6 +97,14 @@ class Range:
             self._check_number(v, f"{key}[{i}]")
         if self.increasing and any(b <= a for a, b in zip(values, values[1:], strict=False)):
             raise VhError(f"expected strictly increasing values, got {list(values)}", field=key)
+
+
+def value_text(value: Any) -> str:
+    """``value`` as a message shows it: its repr, or the length of an integer too long to print
+    on one line (JSON reads integers of thousands of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1000:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
 
 
 def _num(x: float) -> str:

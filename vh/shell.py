@@ -1,10 +1,12 @@
-"""The click group and what every command shares: config options and one-line errors."""
+"""The click group and what every command shares: options, config loading, one-line errors."""
 
 from __future__ import annotations
 
 import errno
 import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -91,15 +93,65 @@ def trunk() -> None:
     """Trunk init dirs (seeded random weights for demos and tests)."""
 
 
+# --------------------------------------------------------------------------- shared options
+# The options several commands take, each built in one place so that its type, metavar and
+# bounds agree everywhere; a command passes its own help text (what the folder is *for*).
+# A default is always shown (click shows none for None).
+
+# the keys of vh.extract.trunk.PRESETS, spelled out so `vh --help` needs no torch import
+# (tests/test_trunk.py checks that the two agree)
+PRESET_NAMES = ("tiny", "small", "288x10")
+
+# every command that reads a trunk takes this flag (vh extract, vh export, vh demo, vh trunk show)
+trust_pickle_option = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Load a .pt trunk that holds pickled objects beyond tensors. This EXECUTES code "
+    "from the file: only for files you trust (better: convert it to safetensors once).",
+)
+
+
+def folder_option(*decls: str, help: str, required: bool = True, **kw: Any) -> Callable:
+    """A folder a command reads or writes (``--out DIRECTORY``), required unless it says."""
+    folder = click.Path(file_okay=False)
+    return click.option(*decls, required=required, type=folder, show_default=True, help=help, **kw)
+
+
+def file_option(*decls: str, help: str, **kw: Any) -> Callable:
+    """A file a command reads or writes (``--md FILE``): a TOML config, a markdown report."""
+    return click.option(*decls, type=click.Path(dir_okay=False), show_default=True, help=help, **kw)
+
+
+def init_option(help: str, **kw: Any) -> Callable:
+    """``--init PATH``: a trunk (init dir, .pt bundle or .safetensors file)."""
+    return click.option("--init", type=click.Path(), help=help, **kw)
+
+
+def preset_option(*decls: str, help: str, **kw: Any) -> Callable:
+    """``--preset``: a trunk size of :data:`PRESET_NAMES`."""
+    choice = click.Choice(PRESET_NAMES)
+    return click.option(*(decls or ("--preset",)), type=choice, show_default=True, help=help, **kw)
+
+
+def seed_option(help: str) -> Callable:
+    """``--seed``, 0 by default; int32 like every seed vh takes (numpy, torch and JAX agree)."""
+    return click.option(
+        "--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True, help=help
+    )
+
+
+def count_option(name: str, default: int, help: str, *, at_least: int = 1) -> Callable:
+    """``NAME N``: a count with a shown default (a benchmark's rows, rounds, threads...)."""
+    return click.option(
+        name, type=click.IntRange(min=at_least), default=default, show_default=True, help=help
+    )
+
+
 def config_options(fn):
     """Add ``--config FILE`` (repeatable) and ``--set section.key=value`` (repeatable)."""
 
-    @click.option(
-        "--config",
-        "configs",
-        multiple=True,
-        type=click.Path(dir_okay=False),
-        help="TOML config file (repeatable; later files win).",
+    @file_option(
+        "--config", "configs", multiple=True, help="TOML config file (repeatable; later files win)."
     )
     @click.option(
         "--set",
