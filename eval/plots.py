@@ -27,6 +27,8 @@ DPI = 90
 # Curves with more points than this are decimated before drawing (5M-point lines are slow
 # and indistinguishable from 500 points at this size).
 MAX_POINTS = 500
+# Grouped bars: series name (one colour) -> one value per group (None: no bar).
+Bars = dict[str, Sequence[float | None]]
 
 
 def _figure(
@@ -147,21 +149,24 @@ def training_curves(path: str | os.PathLike, title: str, members: dict[str, list
     return _save(fig, path)
 
 
+def _grouped_bars(ax, n_groups: int, series: Bars) -> np.ndarray:
+    """One bar per series side by side in each of ``n_groups`` groups, one colour per series
+    (None: no bar); returns the groups' centres for the ticks."""
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(n_groups)
+    for i, (name, values) in enumerate(series.items()):
+        v = np.array([np.nan if a is None else a for a in values], dtype=np.float64)
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, label=name)
+    return x
+
+
 def by_slice(
-    path: str | os.PathLike,
-    title: str,
-    metric: str,
-    labels: Sequence[str],
-    series: dict[str, Sequence[float | None]],
+    path: str | os.PathLike, title: str, metric: str, labels: Sequence[str], series: Bars
 ) -> str:
     """Grouped bars of one metric per slice, one bar colour per head."""
     fig, (ax,) = _figure(1, size=(8.0, 3.6), bottom=0.28)
     fig.subplots_adjust(right=0.75)  # room for the legend on the right
-    width = 0.8 / max(len(series), 1)
-    x = np.arange(len(labels))
-    for i, (name, values) in enumerate(series.items()):
-        v = np.array([np.nan if a is None else a for a in values], dtype=np.float64)
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, label=name)
+    x = _grouped_bars(ax, len(labels), series)
     ax.set_xticks(x, labels, rotation=15, fontsize=7, ha="right")
     ax.set(ylabel=metric, title=title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -222,11 +227,8 @@ def outcome_bias(
     """
     fig, (ax,) = _figure(1, size=(7.5, 3.8), bottom=0.2, left=0.11)
     fig.subplots_adjust(right=0.8)  # room for the legend on the right
-    width = 0.8 / max(len(thresholds), 1)
-    x = np.arange(len(outcomes))
-    for k, t in enumerate(thresholds):
-        v = np.array([np.nan if row[k] is None else row[k] for row in bias], dtype=np.float64)
-        ax.bar(x + (k - (len(thresholds) - 1) / 2) * width, v, width, label=f">= {t}")
+    series = {f">= {t}": [row[k] for row in bias] for k, t in enumerate(thresholds)}
+    x = _grouped_bars(ax, len(outcomes), series)
     ax.axhline(0.0, color="0.3", lw=0.8)
     ax.set_xticks(x, outcomes, fontsize=8)
     ax.set(

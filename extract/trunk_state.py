@@ -162,15 +162,9 @@ def read_state(out: Path) -> TrainState | None:
     except (SafetensorError, OSError) as e:
         raise VhError(f"not a readable safetensors file ({e})", path=tfile) from None
     try:
-        return TrainState(
-            epoch=int(rec["epoch"]),
-            identity=rec["identity"],
-            history=rec["history"],
-            rng=rec["rng"],
-            optimizer=rec["optimizer"],
-            tensors=tensors,
-            path=path,
-        )
+        # the JSON fields by name (a missing one is a KeyError: malformed), the epoch an int
+        fields = {k: rec[k] for k in ("identity", "history", "rng", "optimizer")}
+        return TrainState(epoch=int(rec["epoch"]), tensors=tensors, path=path, **fields)
     except (KeyError, TypeError, ValueError) as e:
         raise VhError(f"malformed train state ({e})", path=path) from None
 

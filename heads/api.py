@@ -186,24 +186,17 @@ def _make_data(cfg: FitConfig, reader, rows: dict, y: dict, mesh) -> DeviceData 
         states_per_epoch=cfg.sampler.states_per_epoch,
     )
     nbytes = (len(rows["train"]) + len(rows["val"])) * reader.d * np.dtype(reader.dtype).itemsize
+    # what both kinds of data hold; they differ in where the embeddings come from
+    common = {"y_train": y["train"], "y_val": y["val"], "batching": batching, "mesh": mesh}
     if _on_device(t.data_on_device, nbytes, t.device_memory_fraction):
-        return DeviceData(
-            x_train=reader.take(rows["train"]),
-            y_train=y["train"],
-            x_val=reader.take(rows["val"]),
-            y_val=y["val"],
-            batching=batching,
-            mesh=mesh,
-        )
+        x = {"x_train": reader.take(rows["train"]), "x_val": reader.take(rows["val"])}
+        return DeviceData(**x, **common)
     return StreamData(
         reader=reader,
         train_rows=rows["train"],
-        y_train=y["train"],
         val_rows=rows["val"],
-        y_val=y["val"],
-        batching=batching,
-        mesh=mesh,
         prefetch=t.prefetch_chunks,
+        **common,
     )
 
 

@@ -42,3 +42,38 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     run_ok(["fit", "--cache", t / "cache", "--out", t / "run", "--head", "ordinal", "--arch",
             "probe", "--config", TINY, *FIT_SETS])  # fmt: skip
     return {"ds": t / "ds", "trunk": t / "trunk", "cache": t / "cache", "run": t / "run"}
+
+
+# The small float32 study of the export tests (test_export.py, test_eval_skill.py): 24 greedy
+# games, a float32 cache (exported heads are compared with the JAX head to 1e-5), a fit a probe
+# learns something from in two epochs.
+EXPORT_SETS = [
+    "synth.games=24",
+    "synth.player=greedy",
+    "synth.shard_rows=4096",
+    "extract.dtype=float32",
+    "extract.chunk_rows=1024",
+    "extract.batch_size=512",
+    "fit.target.thresholds=[128, 256, 512]",
+    "fit.train.batch_size=1024",
+    "fit.train.epochs=2",
+    "fit.train.lr=0.01",
+    "fit.split.train=0.6",
+    "fit.split.val=0.2",
+    "fit.split.test=0.2",
+]
+
+
+def export_study(root: Path, *sets: str):
+    """``root/data`` (synth), ``root/trunk`` (tiny, seed 3) and ``root/cache`` (float32) under
+    :data:`EXPORT_SETS` plus ``sets``; returns the config."""
+    from vh.config import load_config
+    from vh.extract.run import run_extract
+    from vh.extract.synth import synth
+    from vh.extract.trunk import write_init_dir
+
+    cfg = load_config(sets=[*EXPORT_SETS, *sets])
+    synth(cfg.synth, root / "data", progress=False)
+    write_init_dir(root / "trunk", "tiny", seed=3)
+    run_extract(root / "data", root / "trunk", root / "cache", cfg, log=None)
+    return cfg

@@ -246,34 +246,34 @@ def test_metadata_locked(base, tmp_path):
         holder.close()
 
 
-def test_metadata_without_runs(base, tmp_path):
+# one SQL edit of metadata.db -> what the error line must name
+METADATA_EDITS = {
+    "without_runs": ("DROP TABLE runs", ("metadata.db", "runs")),
+    "without_step_column": (
+        "ALTER TABLE runs RENAME COLUMN steps TO length",
+        ("metadata.db", "steps"),
+    ),
+    "without_score_column": (
+        "ALTER TABLE runs RENAME COLUMN max_score TO points",
+        ("metadata.db", "score"),
+    ),
+    "runs_unknown_to_steps": (
+        "DELETE FROM runs WHERE id = (SELECT MAX(id) FROM runs)",
+        ("run_id",),
+    ),
+    "step_counts_disagree": (
+        "UPDATE runs SET steps = steps + 1 WHERE id = (SELECT MIN(id) FROM runs)",
+        ("metadata.db", "steps"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(METADATA_EDITS))
+def test_metadata_edited(base, tmp_path, case):
+    statement, names = METADATA_EDITS[case]
     ds = copy(base, "ds", tmp_path)
-    _sql(ds, "DROP TABLE runs")
-    _inspect_fails(ds, "metadata.db", "runs")
-
-
-def test_metadata_without_step_column(base, tmp_path):
-    ds = copy(base, "ds", tmp_path)
-    _sql(ds, "ALTER TABLE runs RENAME COLUMN steps TO length")
-    _inspect_fails(ds, "metadata.db", "steps")
-
-
-def test_metadata_without_score_column(base, tmp_path):
-    ds = copy(base, "ds", tmp_path)
-    _sql(ds, "ALTER TABLE runs RENAME COLUMN max_score TO points")
-    _inspect_fails(ds, "metadata.db", "score")
-
-
-def test_runs_unknown_to_steps(base, tmp_path):
-    ds = copy(base, "ds", tmp_path)
-    _sql(ds, "DELETE FROM runs WHERE id = (SELECT MAX(id) FROM runs)")
-    _inspect_fails(ds, "run_id")
-
-
-def test_step_counts_disagree(base, tmp_path):
-    ds = copy(base, "ds", tmp_path)
-    _sql(ds, "UPDATE runs SET steps = steps + 1 WHERE id = (SELECT MIN(id) FROM runs)")
-    _inspect_fails(ds, "metadata.db", "steps")
+    _sql(ds, statement)
+    _inspect_fails(ds, *names)
 
 
 def test_exponent_outside_vocab(base, tmp_path):
@@ -295,67 +295,74 @@ def _extract_fails(base, tmp_path, init: Path, *names: str) -> None:
     assert not (out / "complete.json").exists()
 
 
-def _edit_config(init: Path, fn) -> None:
-    cfg = json.loads((init / "config.json").read_text())
-    fn(cfg)
-    (init / "config.json").write_text(json.dumps(cfg))
+def _config_edit(fn):
+    """An edit of the init dir: ``fn`` changes its config.json as a dict."""
+
+    def edit(init: Path) -> None:
+        cfg = json.loads((init / "config.json").read_text())
+        fn(cfg)
+        (init / "config.json").write_text(json.dumps(cfg))
+
+    return edit
 
 
-def test_trunk_config_missing_field(base, tmp_path):
-    init = copy(base, "trunk", tmp_path)
-    _edit_config(init, lambda c: c.pop("hidden_size"))
-    _extract_fails(base, tmp_path, init, "config.json", "hidden_size")
+def _weights_edit(fn):
+    """An edit of the init dir: ``fn`` changes its weights as a dict of numpy arrays."""
+
+    def edit(init: Path) -> None:
+        from safetensors.numpy import load_file, save_file
+
+        p = init / "model.safetensors"
+        w = load_file(p)
+        fn(w)
+        save_file(w, p)
+
+    return edit
 
 
-def test_trunk_config_wrong_type(base, tmp_path):
-    init = copy(base, "trunk", tmp_path)
-    _edit_config(init, lambda c: c.update(num_hidden_layers="two"))
-    _extract_fails(base, tmp_path, init, "config.json", "num_hidden_layers")
+def _nan_weight(w: dict) -> None:
+    w["final_ln.weight"] = w["final_ln.weight"].copy()
+    w["final_ln.weight"][0] = np.nan
 
 
-def test_trunk_config_not_json(base, tmp_path):
-    init = copy(base, "trunk", tmp_path)
-    (init / "config.json").write_text("{hidden_size: 32")
-    _extract_fails(base, tmp_path, init, "config.json")
-
-
-def _edit_weights(init: Path, fn) -> None:
-    from safetensors.numpy import load_file, save_file
-
-    p = init / "model.safetensors"
-    w = load_file(p)
-    fn(w)
-    save_file(w, p)
-
-
-def test_weights_wrong_shape(base, tmp_path):
-    init = copy(base, "trunk", tmp_path)
-    _edit_weights(init, lambda w: w.update({"tok_emb.weight": w["tok_emb.weight"][:, :-1].copy()}))
-    _extract_fails(base, tmp_path, init, "model.safetensors", "tok_emb.weight")
-
-
-def test_weights_missing_key(base, tmp_path):
-    init = copy(base, "trunk", tmp_path)
-    _edit_weights(init, lambda w: w.pop("final_ln.weight"))
-    _extract_fails(base, tmp_path, init, "model.safetensors", "final_ln.weight")
-
-
-def test_weights_nan(base, tmp_path):
-    init = copy(base, "trunk", tmp_path)
-
-    def nan(w):
-        w["final_ln.weight"] = w["final_ln.weight"].copy()
-        w["final_ln.weight"][0] = np.nan
-
-    _edit_weights(init, nan)
-    _extract_fails(base, tmp_path, init, "model.safetensors", "final_ln.weight")
-
-
-def test_weights_truncated(base, tmp_path):
-    init = copy(base, "trunk", tmp_path)
+def _truncate(init: Path) -> None:
     p = init / "model.safetensors"
     p.write_bytes(p.read_bytes()[:-64])
-    _extract_fails(base, tmp_path, init, "model.safetensors")
+
+
+# one edit of a copy of the trunk's init dir -> what the error line must name
+TRUNK_EDITS = {
+    "config_missing_field": (
+        _config_edit(lambda c: c.pop("hidden_size")),
+        ("config.json", "hidden_size"),
+    ),
+    "config_wrong_type": (
+        _config_edit(lambda c: c.update(num_hidden_layers="two")),
+        ("config.json", "num_hidden_layers"),
+    ),
+    "config_not_json": (
+        lambda init: (init / "config.json").write_text("{hidden_size: 32"),
+        ("config.json",),
+    ),
+    "weights_wrong_shape": (
+        _weights_edit(lambda w: w.update({"tok_emb.weight": w["tok_emb.weight"][:, :-1].copy()})),
+        ("model.safetensors", "tok_emb.weight"),
+    ),
+    "weights_missing_key": (
+        _weights_edit(lambda w: w.pop("final_ln.weight")),
+        ("model.safetensors", "final_ln.weight"),
+    ),
+    "weights_nan": (_weights_edit(_nan_weight), ("model.safetensors", "final_ln.weight")),
+    "weights_truncated": (_truncate, ("model.safetensors",)),
+}
+
+
+@pytest.mark.parametrize("case", list(TRUNK_EDITS))
+def test_trunk_edited(base, tmp_path, case):
+    edit, names = TRUNK_EDITS[case]
+    init = copy(base, "trunk", tmp_path)
+    edit(init)
+    _extract_fails(base, tmp_path, init, *names)
 
 
 def test_unknown_trunk_name(base, tmp_path):

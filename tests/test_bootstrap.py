@@ -84,13 +84,19 @@ def test_auroc_replicates_exact_with_few_levels_and_close_otherwise():
         assert abs(reps["cont"][b] - skm.roc_auc_score(y[r], score[r])) < 5e-3
 
 
-def test_spearman_replicates_match_scipy_on_resampled_rows():
-    rng = np.random.default_rng(3)
+def _correlated(seed: int, stat, n_boot: int, boot_seed: int):
+    """Rows of :func:`_rows`, ``x`` = their score plus noise, and the replicates of
+    ``stat(index, x, score)``: ``(index, x, score, weights, replicates)``."""
+    rng = np.random.default_rng(seed)
     run_id, score, _ = _rows(rng)
     x = score + rng.normal(0, 0.3, score.size)
     idx = B.run_index(run_id)
-    w = B.draw_weights(n_runs=idx.n_runs, n_boot=10, seed=0)
-    reps = B.replicate({"s": B.Spearman(idx, x, score)}, w)["s"]
+    w = B.draw_weights(n_runs=idx.n_runs, n_boot=n_boot, seed=boot_seed)
+    return idx, x, score, w, B.replicate({"s": stat(idx, x, score)}, w)["s"]
+
+
+def test_spearman_replicates_match_scipy_on_resampled_rows():
+    idx, x, score, w, reps = _correlated(3, B.Spearman, n_boot=10, boot_seed=0)
     rx, ry = ss.rankdata(x), ss.rankdata(score)
     for b in range(10):
         r = _resampled_rows(idx, w[b])
@@ -154,12 +160,7 @@ def test_paired_difference_interval_is_the_bootstrap_t_of_the_row_difference():
 
 
 def test_bca_of_a_correlation_matches_a_direct_computation():
-    rng = np.random.default_rng(6)
-    run_id, score, _ = _rows(rng)
-    x = score + rng.normal(0, 0.3, score.size)
-    idx = B.run_index(run_id)
-    w = B.draw_weights(n_runs=idx.n_runs, n_boot=400, seed=1)
-    reps = B.replicate({"p": B.Pearson(idx, x, score)}, w)["p"]
+    idx, x, score, _, reps = _correlated(6, B.Pearson, n_boot=400, boot_seed=1)
     point = ss.pearsonr(x, score)[0]
     jack = np.array(  # leave one run out, scipy on the remaining rows
         [ss.pearsonr(x[idx.code != r], score[idx.code != r])[0] for r in range(idx.n_runs)]

@@ -258,33 +258,12 @@ def fitted(tmp_path_factory):
     """One small probe ordinal run on a tiny trunk's cache (as tests/test_export.py)."""
     import dataclasses
 
-    from vh.config import load_config
-    from vh.extract.run import run_extract
-    from vh.extract.synth import synth
-    from vh.extract.trunk import write_init_dir
+    from conftest import export_study
+
     from vh.heads.api import fit
 
     root = tmp_path_factory.mktemp("export-t")
-    cfg = load_config(
-        sets=[
-            "synth.games=24",
-            "synth.player=greedy",
-            "synth.shard_rows=4096",
-            "extract.dtype=float32",
-            "extract.chunk_rows=1024",
-            "extract.batch_size=512",
-            "fit.target.thresholds=[128, 256, 512]",
-            "fit.train.batch_size=1024",
-            "fit.train.epochs=2",
-            "fit.train.lr=0.01",
-            "fit.split.train=0.6",
-            "fit.split.val=0.2",
-            "fit.split.test=0.2",
-        ]
-    )
-    synth(cfg.synth, root / "data", progress=False)
-    write_init_dir(root / "trunk", "tiny", seed=3)
-    run_extract(root / "data", root / "trunk", root / "cache", cfg, log=None)
+    cfg = export_study(root)
     fcfg = dataclasses.replace(cfg.fit, head=dataclasses.replace(cfg.fit.head, arch="probe"))
     fit(fcfg, root / "cache", root / "run", log=lambda s: None)
     return root

@@ -12,16 +12,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import export_study
 
 from vh.cache.reader import open_cache
 from vh.cli import main
-from vh.config import load_config
 from vh.errors import VhError
 from vh.export import export_head
 from vh.extract import board
 from vh.extract.dataset import open_dataset
-from vh.extract.run import run_extract
-from vh.extract.synth import synth
 from vh.extract.trunk import load_trunk, write_init_dir
 from vh.heads.api import fit, load_run
 
@@ -38,27 +36,7 @@ HEADS = {  # name -> (target kind, arch, monotone)
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    cfg = load_config(
-        sets=[
-            "synth.games=24",
-            "synth.player=greedy",
-            "synth.shard_rows=4096",
-            "extract.dtype=float32",
-            "extract.chunk_rows=1024",
-            "extract.batch_size=512",
-            "fit.target.thresholds=[128, 256, 512]",
-            "fit.head.hidden=32",
-            "fit.train.batch_size=1024",
-            "fit.train.epochs=2",
-            "fit.train.lr=0.01",
-            "fit.split.train=0.6",
-            "fit.split.val=0.2",
-            "fit.split.test=0.2",
-        ]
-    )
-    synth(cfg.synth, root / "data", progress=False)
-    write_init_dir(root / "trunk", "tiny", seed=3)
-    run_extract(root / "data", root / "trunk", root / "cache", cfg, log=None)
+    cfg = export_study(root, "fit.head.hidden=32")
     runs = {}
     for name, (kind, arch, mono) in HEADS.items():
         import dataclasses
@@ -147,3 +125,25 @@ def test_cli_export(study, tmp_path):
         ],
     )
     assert r.exit_code != 0 and "Traceback" not in r.output
+
+
+def test_cross_entropy_objective_blocks_by_hand():
+    # the exported block, key order included (config.json is written in this order): binned
+    # kinds carry their support, class kinds their thresholds
+    from vh.heads import targets
+    from vh.heads.targets.base import TargetSpec
+
+    log = TargetSpec("logscore", (128, 256), 64, "gaussian", lo=0.5, hi=11.25, sigma=0.75)
+    assert list(targets.get("logscore").export_objective(log).items()) == [
+        ("type", "cross_entropy"),
+        ("vocab_size", 64),
+        ("vocab_type", "log_score_bins"),
+        ("support", [0.5, 11.25]),
+    ]
+    tiles = TargetSpec("tiles", (128, 256, 512), 4, "class")
+    assert list(targets.get("tiles").export_objective(tiles).items()) == [
+        ("type", "cross_entropy"),
+        ("vocab_size", 4),
+        ("vocab_type", "tile_bucket"),
+        ("thresholds", [128, 256, 512]),
+    ]

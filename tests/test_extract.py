@@ -89,6 +89,13 @@ def world(tmp_path_factory):
     }
 
 
+def _extract_args(ds, init, out, *extra) -> list[str]:
+    """``vh extract`` of ``ds`` through ``init`` into ``out`` with the tiny config, then
+    ``extra``."""
+    return ["extract", "--dataset", str(ds), "--init", str(init), "--out", str(out), "--config",
+            builtin_config("tiny"), *extra]  # fmt: skip
+
+
 def _pooled(init, exps, batch):
     lt = load_trunk(init)
     t = torch.from_numpy(exps.astype(np.int64))
@@ -196,22 +203,8 @@ def test_runs_table_and_attributes(world):
 def test_rerun_of_a_finished_cache_says_so(world):
     r = run_extract(world["ds"], world["init"], world["cache"], world["cfg"], log=None)
     assert r.already_complete and r.units_done == 0
-    out = CliRunner().invoke(
-        main,
-        [
-            "extract",
-            "--dataset",
-            str(world["ds"]),
-            "--init",
-            str(world["init"]),
-            "--out",
-            str(world["cache"]),
-            "--config",
-            builtin_config("tiny"),
-            "--gamma",
-            "0.9",
-        ],
-    )
+    args = _extract_args(world["ds"], world["init"], world["cache"], "--gamma", "0.9")
+    out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
     assert "already complete" in out.output
 
@@ -273,22 +266,7 @@ def test_changed_weights_or_shard_are_refused(tmp_path, world):
     with pytest.raises(VhError, match="trunk weights_sha256 differs"):
         open_cache(out, expect_fingerprint=changed)
     # the CLI: one line, non-zero exit, nothing lost
-    res = CliRunner().invoke(
-        main,
-        [
-            "extract",
-            "--dataset",
-            str(ds),
-            "--init",
-            str(init),
-            "--out",
-            str(out),
-            "--config",
-            builtin_config("tiny"),
-            "--gamma",
-            "0.9",
-        ],
-    )
+    res = CliRunner().invoke(main, _extract_args(ds, init, out, "--gamma", "0.9"))
     assert res.exit_code == 3 and len(res.output.strip().splitlines()) == 1
     assert "weights_sha256 differs" in res.output and open_cache(out).complete
     (init / "model.safetensors").write_bytes(weights)
@@ -339,20 +317,7 @@ def test_cli_errors_are_one_line(tmp_path, world):
     assert res.exit_code == 2 and "no such dataset" in res.output
     (tmp_path / "notacache").mkdir()
     (tmp_path / "notacache" / "x.txt").write_text("precious")
-    res = runner.invoke(
-        main,
-        [
-            "extract",
-            "--dataset",
-            str(world["ds"]),
-            "--init",
-            str(world["init"]),
-            "--out",
-            str(tmp_path / "notacache"),
-            "--config",
-            builtin_config("tiny"),
-        ],
-    )
+    res = runner.invoke(main, _extract_args(world["ds"], world["init"], tmp_path / "notacache"))
     assert res.exit_code == 3 and "not a vh cache" in res.output
     assert (tmp_path / "notacache" / "x.txt").exists()
 
@@ -375,17 +340,7 @@ def _torchrun(world, out: Path) -> subprocess.CompletedProcess:
         "2",
         "-m",
         "vh",
-        "extract",
-        "--dataset",
-        str(world["ds"]),
-        "--init",
-        str(world["init"]),
-        "--out",
-        str(out),
-        "--config",
-        builtin_config("tiny"),
-        "--gamma",
-        "0.9",
+        *_extract_args(world["ds"], world["init"], out, "--gamma", "0.9"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)

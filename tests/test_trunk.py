@@ -13,6 +13,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+# the tiny trunk's state and config.json writers, shared with the config-range tests split
+# from this file (tests/test_trunk_config.py)
+from test_trunk_config import save_tiny, tiny_state, write_config
+
 from vh.cli import main
 from vh.cmd_trunk import PRESET_NAMES
 from vh.errors import VhError
@@ -243,22 +247,6 @@ def test_presets_and_cli_choices_agree():
 # --------------------------------------------------------------------------- loading
 
 
-def tiny_state(seed=0, **kw) -> dict:
-    return (
-        T.Encoder(T.TrunkConfig.from_dict(T.preset_config("tiny", **kw), "p"))
-        .init_weights(seed)
-        .state_dict()
-    )
-
-
-def write_config(d: Path, **over) -> dict:
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = {**T.preset_config("tiny"), "extra_run_key": "kept", **over}
-    cfg = {k: v for k, v in cfg.items() if v is not ...}  # ... deletes a field
-    (d / "config.json").write_text(json.dumps(cfg))
-    return cfg
-
-
 def pooled(lt, tokens=TOKENS % 16):
     with torch.inference_mode():
         return lt.model.pooled(torch.as_tensor(tokens)).numpy()
@@ -437,12 +425,6 @@ def test_value_head_probe_and_mlp(tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-def save_tiny(d: Path, state: dict) -> Path:
-    write_config(d)
-    save_file(state, d / "model.safetensors")
-    return d / "model.safetensors"
 
 
 def test_wrong_shapes_missing_and_unexpected_keys_are_listed(tmp_path):

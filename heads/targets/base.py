@@ -297,6 +297,18 @@ def class_outputs(pred, expect, width: int, val_y: tuple[int, ...] = ()) -> None
         expect("out_val_y", out.get("val_y"), (m, *val_y))
 
 
+def cross_entropy_objective(spec: TargetSpec, vocab_type: str) -> dict[str, Any]:
+    """The exported ``objective`` block of a head trained with the cross-entropy: its classes
+    are bins over ``support`` ``[lo, hi]`` (binned kinds) or buckets cut at the ``thresholds``
+    (class kinds), as :meth:`TargetKind.export_objective` returns it."""
+    out = {"type": "cross_entropy", "vocab_size": int(spec.n_out), "vocab_type": vocab_type}
+    if spec.binned:
+        out["support"] = [float(spec.lo), float(spec.hi)]
+    else:
+        out["thresholds"] = [int(t) for t in spec.thresholds]
+    return out
+
+
 # --------------------------------------------------------------------------- pools and kinds
 
 

@@ -24,6 +24,7 @@ from vh.heads.targets.base import (
     TargetSpec,
     binned_spec,
     class_outputs,
+    cross_entropy_objective,
     soft_labels,
     value_labels,
 )
@@ -174,12 +175,7 @@ class LogScore(TargetKind):
         return ["nll", "within1"]
 
     def export_objective(self, spec):
-        return {
-            "type": "cross_entropy",
-            "vocab_size": int(spec.n_out),
-            "vocab_type": "log_score_bins",
-            "support": [float(spec.lo), float(spec.hi)],
-        }
+        return cross_entropy_objective(spec, "log_score_bins")
 
 
 def soft_nll(logits: np.ndarray, soft: np.ndarray) -> np.ndarray:

@@ -7,8 +7,6 @@ probabilities give ``q_k = P(highest_tile >= T_k)`` as tail sums.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from vh.heads.targets import register
@@ -18,6 +16,7 @@ from vh.heads.targets.base import (
     TargetSpec,
     check_reached,
     class_outputs,
+    cross_entropy_objective,
     tile_bucket,
 )
 
@@ -33,9 +32,8 @@ class Tiles(TargetKind):
     loss_label = "tiles loss: CE over buckets"
 
     def make_spec(self, cfg, *, monotone, train_values):
-        k = len(cfg.thresholds)
-        base = TargetSpec(self.name, tuple(cfg.thresholds), k, "bernoulli", monotone=monotone)
-        return dataclasses.replace(base, n_out=k + 1, encoding="class")
+        n_out = len(cfg.thresholds) + 1  # K thresholds cut K + 1 buckets
+        return TargetSpec(self.name, tuple(cfg.thresholds), n_out, "class", monotone=monotone)
 
     def check_train(self, spec, values):
         check_reached(spec, values["highest_tile"])
@@ -81,12 +79,7 @@ class Tiles(TargetKind):
         return ["nll", "within1"]
 
     def export_objective(self, spec):
-        return {
-            "type": "cross_entropy",
-            "vocab_size": int(spec.n_out),
-            "vocab_type": "tile_bucket",
-            "thresholds": [int(t) for t in spec.thresholds],
-        }
+        return cross_entropy_objective(spec, "tile_bucket")
 
 
 register(Tiles())

@@ -10,7 +10,7 @@ import resource
 import time
 from pathlib import Path
 
-from vh.bench.report import Section, goal, number, section, table, today
+from vh.bench.report import Section, goal, measurements, number, section, today
 from vh.config import EvalConfig
 from vh.progress import say
 
@@ -77,9 +77,8 @@ def eval_section(r: dict) -> Section:
         f"resamples of the headline figures, the paired differences and the verdict, then the "
         f"report pages; {today()}."
     )
-    figures = table(
-        ["measurement", "seconds", "goal"],
-        [False, True, True],
+    figures = measurements(
+        ["seconds", "goal"],
         [
             [
                 f"scoring: all metrics + {r['n_boot']} resamples + verdict (wall)",

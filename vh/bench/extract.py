@@ -7,7 +7,8 @@ decode, columns, write, with nothing in the way): (a) the raw disk write of the 
 (as many chunk files of the same size, write + fdatasync, by as many threads as the pipeline's
 writers); (b) the same. They alternate and the median of the pair ratios is the headline. The
 peak RSS of each (b) is measured (VmHWM, reset before it). Then candidate emb codecs are
-measured on the embeddings just written.
+measured on the embeddings just written. This module measures; :mod:`vh.bench.extract_sections`
+lays the figures out as BENCHMARKS.md sections.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vh.bench.report import Section, goal, machine, number, section, table, today
+# the sections' layout lives in vh.bench.extract_sections; importable from here as before
+from vh.bench.extract_sections import extract_section as extract_section
 from vh.config import Config
 from vh.extract.dataset import open_dataset
 from vh.extract.pipeline import WRITERS
@@ -280,18 +282,9 @@ def bench_extract(
     codecs = []
     if codec_bytes:
         codecs = bench_codecs(c.read_rows(0, c.n), workdir, ecfg.chunk_rows, codec_bytes)
-    n, full = t["rows"], t["full"]
-    mid = int(np.argsort(full)[len(full) // 2])
-    loops = np.array([s.wall for s in t["stats"]])
-    emb_bytes = n * c.d * np.dtype(ecfg.dtype).itemsize
-    if init is not None:
-        # each (a) ran right before its (b): the ratio of a pair is immune to slow drifts of
-        # a shared machine's load, and the median of the pairs to a burst in one of them
-        pairs, loop_pairs = np.array(t["bare"]) / np.array(full), np.array(t["bare"]) / loops
-    else:  # (a) wrote the same bytes: rate of (b) / rate of (a) = time (a) / time (b)
-        pairs, loop_pairs = np.array(t["raw"]) / np.array(full), np.array(t["raw"]) / loops
+    itemsize = np.dtype(ecfg.dtype).itemsize
     return {
-        "rows": n,
+        "rows": t["rows"],
         "d": c.d,
         "trunk": ecfg.trunk,
         "preset": preset,
@@ -303,6 +296,26 @@ def bench_extract(
         "dtype": ecfg.dtype,
         "repeats": repeats,
         "load": os.getloadavg()[0],
+        **_rates(t, t["rows"] * c.d * itemsize, network=init is not None),
+        "unit_bytes": ecfg.chunk_rows * c.d * itemsize,
+        "codecs": codecs,
+        "codec_mib": codec_bytes >> 20,
+        "torch": torch.__version__,
+    }
+
+
+def _rates(t: dict, emb_bytes: int, network: bool) -> dict:
+    """Rows/s and GB/s (medians), the ratios of the pairs, the median run's breakdown and peak
+    RSS, from :func:`_alternate`'s timings of ``emb_bytes`` of embeddings."""
+    n, full = t["rows"], t["full"]
+    mid = int(np.argsort(full)[len(full) // 2])
+    loops = np.array([s.wall for s in t["stats"]])
+    # each (a) ran right before its (b): the ratio of a pair is immune to slow drifts of a
+    # shared machine's load, and the median of the pairs to a burst in one of them. Without a
+    # network (a) wrote the same bytes: rate of (b) / rate of (a) = time (a) / time (b)
+    bound = np.array(t["bare"] if network else t["raw"])
+    pairs, loop_pairs = bound / np.array(full), bound / loops
+    return {
         "bare_rows_s": n / float(np.median(t["bare"])) if t["bare"] else None,
         "raw_gbs": emb_bytes / float(np.median(t["raw"])) / 1e9 if t["raw"] else None,
         "pipeline_rows_s": n / float(np.median(full)),
@@ -321,185 +334,4 @@ def bench_extract(
         "pipeline_s": full[mid],
         "rss_start": t["rss_start"][mid],
         "rss_peak": max(t["rss_peak"]),
-        "unit_bytes": ecfg.chunk_rows * c.d * np.dtype(ecfg.dtype).itemsize,
-        "codecs": codecs,
-        "codec_mib": codec_bytes >> 20,
-        "torch": torch.__version__,
     }
-
-
-def extract_section(r: dict) -> Section:
-    """The BENCHMARKS.md section for :func:`bench_extract`'s figures: ``extract`` with a
-    network, ``extract, null trunk`` / ``extract, onehot trunk`` with a free one."""
-    if r["trunk"] != "init":
-        return free_trunk_section(r)
-    return _network_section(r)
-
-
-def _gib(x: float) -> str:
-    return f"{x / 2**30:.2f} GiB"
-
-
-def _memory(r: dict) -> str:
-    """The peak-RSS paragraph: what the extract added to the process, against its bound."""
-    b = r["breakdown"]
-    bound = (b["writers"] + 2) * r["unit_bytes"]
-    cols = 38 * r["rows"]
-    return (
-        f"Peak RSS during the extract (VmHWM, reset right before it): {_gib(r['rss_peak'])}, "
-        f"of which {_gib(r['rss_start'])} was the benchmark process before it (dataset maps, "
-        f"torch). Bound (extract/pipeline.py): {b['writers'] + 2} unit buffers × "
-        f"{r['unit_bytes'] / 2**20:.0f} MiB = {_gib(bound)} in flight, plus the per-state "
-        f"columns at 38 bytes/row = {_gib(cols)}, plus the dataset's pages read."
-    )
-
-
-def free_trunk_section(r: dict) -> Section:
-    """``extract, <trunk> trunk``: the pipeline around a free trunk vs the raw disk write."""
-    b = r["breakdown"]
-    setup = (
-        f"`vh bench extract --trunk {r['trunk']} --rows {r['rows']} --repeats {r['repeats']} "
-        f"--codec-mib 0` — {r['trunk']} trunk (D = {r['d']}, costs nothing: what is measured "
-        f"is decode, columns and write), {r['device']}, {r['writers']} writer threads, batch "
-        f"{r['batch_size']}, chunk {r['chunk_rows']} rows, {r['dtype']}; {machine()}, load "
-        f"average {r['load']:.1f} at the end"
-        f"{' (**a busy machine: figures are noisy**)' if r['load'] > 1.0 else ''}; "
-        f"{r['repeats']} pairs of (b) then (a), {today()}."
-    )
-    figures = table(
-        ["measurement", "rows/s", "GB/s of embeddings"],
-        [False, True, True],
-        [
-            [
-                "(a) raw disk write of the same bytes (chunk files, write + fdatasync, "
-                f"{r['writers']} threads)",
-                number(r["raw_gbs"] * 1e9 / (r["d"] * _itemsize(r))),
-                number(r["raw_gbs"], 3),
-            ],
-            [
-                "(b) full `vh extract` (validate, hash, columns, decode, embed, write, finish)",
-                number(r["pipeline_rows_s"]),
-                number(r["pipeline_gbs"], 3),
-            ],
-            [
-                "(b) embedding loop only (decode, embed, write)",
-                number(r["embed_loop_rows_s"]),
-                number(r["embed_loop_gbs"], 3),
-            ],
-            [
-                "**ratio (b) / (a)**, full extract, median of the pairs",
-                f"**{number(r['ratio'], 3)}**",
-            ],
-            ["ratio (b) / (a), embedding loop only", number(r["loop_ratio"], 3)],
-        ],
-    )
-    met = r["embed_loop_gbs"] >= 0.5
-    goal_line = goal(
-        f"Goal ≥ 0.5 GB/s of embeddings written (≥ 1M rows/s at D = 256), embedding loop: "
-        f"{number(r['embed_loop_gbs'], 3)} GB/s",
-        met,
-    )
-    spread = (
-        f"{goal_line}. Ratio of each pair (full extract): {', '.join(map(str, r['pair_ratios']))}."
-    )
-    breakdown = (
-        f"Breakdown of the median run ({r['pipeline_s']:.1f} s in all): decode "
-        f"{b['decode']:.2f} s, embed {b['forward']:.2f} s, write {b['write']:.2f} s summed "
-        f"over {b['writers']} writer threads, waiting for input {b['starved']:.2f} s, waiting "
-        f"for the writers {b['blocked']:.2f} s, embedding loop {b['wall']:.2f} s; setup and "
-        f"finish (validate, hash, columns, verify) {r['pipeline_s'] - b['wall']:.2f} s."
-    )
-    return section(
-        f"extract, {r['trunk']} trunk",
-        setup,
-        figures,
-        spread,
-        breakdown,
-        _memory(r),
-        closing=f"extract / raw disk write = {number(r['ratio'], 3)} (embedding loop "
-        f"{number(r['loop_ratio'], 3)}, {number(r['embed_loop_gbs'], 3)} GB/s)",
-    )
-
-
-def _itemsize(r: dict) -> int:
-    return np.dtype(r["dtype"]).itemsize
-
-
-def _network_section(r: dict) -> Section:
-    """The ``extract`` section: bare forward vs the full extract, with a network."""
-    b = r["breakdown"]
-    setup = (
-        f"`vh bench extract --rows {r['rows']} --preset {r['preset']} --repeats {r['repeats']}` "
-        f"— {r['preset']} trunk (D = {r['d']}), {r['device']}, {r['threads']} torch threads, "
-        f"batch {r['batch_size']}, chunk {r['chunk_rows']} rows, {r['dtype']}, torch "
-        f"{r['torch']}; {r['repeats']} alternating pairs (a then b), {today()}."
-    )
-    figures = table(
-        ["measurement", "rows/s"],
-        [False, True],
-        [
-            [
-                "(a) bare trunk forward, tokens pre-decoded on the device",
-                number(r["bare_rows_s"]),
-            ],
-            [
-                "(b) full `vh extract` into a fresh cache (validate, hash, columns, decode, "
-                "forward, write, finish)",
-                number(r["pipeline_rows_s"]),
-            ],
-            ["(b) embedding loop only", number(r["embed_loop_rows_s"])],
-            ["**ratio (b) / (a)**, median of the pairs", f"**{number(r['ratio'], 3)}**"],
-        ],
-    )
-    spread = (
-        f"Rows/s are medians; the ratio of each pair: {', '.join(map(str, r['pair_ratios']))}. "
-        "On a shared 2-core VM the spread between pairs is the machine's load, not the pipeline. "
-        f"CPU seconds of the process, (a) / (b), median of the pairs: {number(r['cpu_ratio'], 3)}."
-    )
-    breakdown = (
-        f"Breakdown of the median pipeline run ({r['pipeline_s']:.1f} s in all; decode and write "
-        "run on background threads, overlapping the forward): "
-        f"decode {b['decode']:.2f} s, host-to-device copy {b['copy']:.2f} s, forward "
-        f"{b['forward']:.2f} s, write {b['write']:.2f} s, trunk waiting for input "
-        f"{b['starved']:.2f} s, waiting for the writers {b['blocked']:.2f} s, embedding loop "
-        f"{b['wall']:.2f} s. The trunk was busy "
-        f"{100 * b['forward'] / max(b['wall'], 1e-9):.1f} % of the embedding loop; setup and "
-        f"finish (validate, hash, create, columns, fsyncs, verify, marker) took "
-        f"{r['pipeline_s'] - b['wall']:.2f} s, a fixed cost that an extract of millions of rows "
-        "amortises."
-    )
-    if not r["codecs"]:
-        return section(
-            "extract",
-            setup,
-            figures,
-            spread,
-            breakdown,
-            _memory(r),
-            closing=f"pipeline / bare forward = {number(r['ratio'], 3)}",
-        )
-    codecs = table(
-        ["codec", "ratio", "write GB/s", "read GB/s"],
-        [False, True, True, True],
-        [
-            [
-                c["codec"],
-                number(c["ratio"], 3),
-                number(c["write_gbs"], 2),
-                number(c["read_gbs"], 2),
-            ]
-            for c in r["codecs"]
-        ],
-    )
-    return section(
-        "extract",
-        setup,
-        figures,
-        spread,
-        breakdown,
-        _memory(r),
-        f"emb codecs on these embeddings (tiled to about {r['codec_mib']} MiB of whole chunks, "
-        "whole-chunk writes, reads into a preallocated buffer, best of 3):",
-        codecs,
-        closing=f"pipeline / bare forward = {number(r['ratio'], 3)}",
-    )

@@ -164,6 +164,28 @@ def gpu_section(ex: dict, heads: dict, run: dict) -> Section:
         f"jax {heads['jax']} ({heads['platform']}); whole command {run['wall']:.0f} s; "
         f"{today()}. {status}"
     )
+    loop_ratio = ex["embed_loop_rows_s"] / ex["bare_rows_s"]
+    ratios = (
+        f"Ratios: extract embedding loop / bare forward {number(loop_ratio, 3)}, full extract "
+        f"/ bare forward {number(ex['ratio'], 3)}; 8-head grid epoch {times(heads['grid_ratio'])}"
+        f" one head's; probe epoch scaled to 50M rows {epoch_50m:.2f} s."
+    )
+    return section(
+        "gpu",
+        setup,
+        table(["what", "rows/s", "seconds"], [False, True, True], _gpu_rows(ex, heads)),
+        ratios,
+        _goals(ex, run["wall"], loop_ratio, epoch_50m),
+        f"Making the {n:,} × {heads['dim']} cached rows took {heads['make_s']:.1f} s (not "
+        "timed above); heads: fastest of the rounds after a warm-up that compiles.",
+        closing=f"gpu ({run['device']}): extract loop / bare forward {number(loop_ratio, 3)}, "
+        f"probe 50M-row epoch {epoch_50m:.2f} s, 8-head grid {times(heads['grid_ratio'])}",
+    )
+
+
+def _gpu_rows(ex: dict, heads: dict) -> list[list[str]]:
+    """The table's rows: the extract's three rates, then the heads' epochs."""
+    s, n = heads["seconds"], heads["rows"]
     rows = [
         ["extract: bare trunk forward, tokens on the device", number(ex["bare_rows_s"]), ""],
         [
@@ -192,12 +214,11 @@ def gpu_section(ex: dict, heads: dict, run: dict) -> Section:
             f"{s['mlp']:.3f}",
         ],  # fmt: skip
     ]
-    loop_ratio = ex["embed_loop_rows_s"] / ex["bare_rows_s"]
-    ratios = (
-        f"Ratios: extract embedding loop / bare forward {number(loop_ratio, 3)}, full extract "
-        f"/ bare forward {number(ex['ratio'], 3)}; 8-head grid epoch {times(heads['grid_ratio'])}"
-        f" one head's; probe epoch scaled to 50M rows {epoch_50m:.2f} s."
-    )
+    return rows
+
+
+def _goals(ex: dict, wall: float, loop_ratio: float, epoch_50m: float) -> str:
+    """The H200 goals, each marked met or not."""
     goals = (
         "Goals (H200): "
         + "; ".join(
@@ -213,19 +234,9 @@ def gpu_section(ex: dict, heads: dict, run: dict) -> Section:
                 goal(
                     f"50M-row probe epoch ≤ 0.5 s: {epoch_50m:.2f} s", epoch_50m <= GOAL_EPOCH_50M_S
                 ),
-                goal(f"whole command ≤ 5 minutes: {run['wall']:.0f} s", run["wall"] <= GOAL_WALL_S),
+                goal(f"whole command ≤ 5 minutes: {wall:.0f} s", wall <= GOAL_WALL_S),
             ]
         )
         + "."
     )
-    return section(
-        "gpu",
-        setup,
-        table(["what", "rows/s", "seconds"], [False, True, True], rows),
-        ratios,
-        goals,
-        f"Making the {n:,} × {heads['dim']} cached rows took {heads['make_s']:.1f} s (not "
-        "timed above); heads: fastest of the rounds after a warm-up that compiles.",
-        closing=f"gpu ({run['device']}): extract loop / bare forward {number(loop_ratio, 3)}, "
-        f"probe 50M-row epoch {epoch_50m:.2f} s, 8-head grid {times(heads['grid_ratio'])}",
-    )
+    return goals

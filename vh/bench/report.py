@@ -53,6 +53,12 @@ def table(header: list[str], right: list[bool], rows: list[list[str]]) -> list[s
     return [f"| {' | '.join(cells)} |" for cells in (header, rule, *rows)]
 
 
+def measurements(units: list[str], rows: list[list[str]]) -> list[str]:
+    """The figures table every benchmark opens with: a ``measurement`` column (left), then one
+    right-aligned column per unit (``rows/s``, ``seconds`` …)."""
+    return table(["measurement", *units], [False] + [True] * len(units), rows)
+
+
 def today() -> str:
     """The date stamped on a section (YYYY-MM-DD)."""
     return time.strftime("%Y-%m-%d")
