@@ -4,12 +4,10 @@ The network is the ecosystem's :class:`~vh.extract.encoder.Encoder` with its ``a
 head (``policy_head``, Linear(H, 4) on the mean-pooled ``final_ln`` output), so the result is
 an ordinary init dir that :func:`vh.extract.trunk.load_trunk` opens strictly. The loss is the
 cross-entropy of the recorded move under the softmax over the LEGAL moves only
-(:func:`masked_ce`).
+(:func:`~vh.extract.trunk_objective.masked_ce`; the rows and their legal moves come from :mod:`vh.extract.trunk_data`),
+plus ``counts_weight`` times an auxiliary loss (:class:`~vh.extract.trunk_objective.Objective`).
 
-Legality comes from the decoded boards through the engine (:func:`legal_moves`), not from a
-dataset's ``ev_legal`` column: only the packed layouts carry it, and it is the one field whose
-mistakes would silently change the loss. A row whose recorded move the engine calls illegal
-is dropped and counted in the record.
+Why the auxiliary loss, and what it is: :mod:`vh.extract.trunk_objective`.
 
 Which rows: the TRAINING runs of the hash split ``vh fit`` makes by default
 (:func:`vh.heads.splits.split_runs`, ``fit.split``'s default seed and fractions unless a
@@ -38,16 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vh import durable
 from vh.config import SplitConfig, TrunkTrainConfig, validate
 from vh.errors import VhError
-from vh.extract import engine
-from vh.extract.board import MAX_EXP, pack
+from vh.extract.board import MAX_EXP
 from vh.extract.dataset import open_dataset
-from vh.extract.encoder import Encoder
 from vh.extract.trunk_config import PRESETS, TrunkConfig, preset_config
+from vh.extract.trunk_data import CountsScale, Moves, baselines, cap_rows, read_moves
+from vh.extract.trunk_objective import Objective, Sums, TrainNet
 from vh.extract.trunk_record import RECORD_KEY, id_ranges, ids_sha256, split_record
 from vh.extract.trunk_state import (
     INIT_FILES,
@@ -61,124 +58,6 @@ from vh.heads.splits import TRAIN, VAL, check_nonempty, split_runs
 from vh.progress import Progress, say
 
 EVAL_BATCH = 4096  # rows per forward when measuring accuracy (no gradients kept)
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Moves:
-    """The rows of one split: boards, the move recorded and the legal moves.
-
-    Attributes:
-        tokens: uint8 ``(N, 16)`` tile exponents (the trunk's tokens).
-        move: int64 ``(N,)`` the recorded move, UDLR.
-        legal: bool ``(N, 4)`` legal moves by the engine; ``legal[i, move[i]]`` always holds.
-    """
-
-    tokens: np.ndarray
-    move: np.ndarray
-    legal: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.move.shape[0])
-
-
-def legal_moves(exps: np.ndarray) -> np.ndarray:
-    """Legal moves of each board by the engine, bool ``(N, 4)`` in UDLR order.
-
-    Boards of exponents 0..15 go through the packed-board tables; the rare boards holding a
-    65536 tile (exponent 16, which a packed board cannot hold) move as exponents, one by one.
-    """
-    e = np.asarray(exps, np.uint8)
-    out = np.zeros((e.shape[0], 4), bool)
-    small = e.max(axis=1, initial=0) < MAX_EXP
-    bits = engine.legal_mask(pack(e[small])[0])
-    out[small] = ((bits[:, None] >> np.arange(4, dtype=np.uint8)) & 1).astype(bool)
-    for i in np.flatnonzero(~small):
-        for d in range(4):
-            try:
-                moved, _ = engine.move_exps(e[i : i + 1], np.array([d]))
-                out[i, d] = bool(np.any(moved != e[i]))
-            except VhError:  # two 65536 tiles would merge: the move changes the board
-                out[i, d] = True
-    return out
-
-
-def read_moves(ds, row_split: np.ndarray, codes: tuple[int, ...]) -> tuple[dict, int]:
-    """The rows of the splits ``codes`` from the dataset, with their legal moves.
-
-    Args:
-        ds: an opened, validated :class:`~vh.extract.dataset.Dataset`.
-        row_split: u8 split code of each run of ``ds.runs`` (in its order).
-        codes: which split codes to keep.
-
-    Returns:
-        ``({code: Moves}, rows dropped because the recorded move is illegal)``.
-    """
-    parts: dict[int, list] = {c: [] for c in codes}
-    dropped = 0
-    for chunk in ds.iter_chunks():
-        pos, _ = ds.runs.positions(chunk.run_id)  # validated: every run id is known
-        code = row_split[pos]
-        for c in codes:
-            sel = np.flatnonzero(code == c)
-            exps, move = chunk.exps[sel], chunk.move[sel].astype(np.int64)
-            legal = legal_moves(exps)
-            ok = legal[np.arange(sel.size), move]
-            dropped += int(np.sum(~ok))
-            parts[c].append((exps[ok], move[ok], legal[ok]))
-    out = {}
-    for c, p in parts.items():
-        if not p:
-            p = [(np.zeros((0, 16), np.uint8), np.zeros(0, np.int64), np.zeros((0, 4), bool))]
-        out[c] = Moves(*(np.concatenate(a) for a in zip(*p, strict=True)))
-    return out, dropped
-
-
-def cap_rows(data: Moves, max_rows: int, seed: int) -> Moves:
-    """At most ``max_rows`` rows of ``data`` (0: all): a seeded random subset, in row order.
-
-    The subset draws from its own stream (``seed`` and a fixed tag), so the epochs' shuffle
-    stream is the same with and without a cap.
-    """
-    if max_rows <= 0 or len(data) <= max_rows:
-        return data
-    keep = np.sort(np.random.default_rng((seed, 0x726F7773)).choice(len(data), max_rows, False))
-    return Moves(data.tokens[keep], data.move[keep], data.legal[keep])
-
-
-# --------------------------------------------------------------------------- the loss
-
-
-def masked_ce(logits: torch.Tensor, legal: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy of ``move`` under the softmax over the legal moves, float32 (B,).
-
-    ``logsumexp`` over the legal logits minus the recorded move's logit: illegal moves get
-    no probability and no gradient. The recorded move must be legal (:func:`read_moves`).
-    """
-    masked = logits.float().masked_fill(~legal, float("-inf"))
-    return F.cross_entropy(masked, move, reduction="none")
-
-
-def masked_argmax(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
-    """The legal move with the highest logit, int64 (B,)."""
-    return logits.float().masked_fill(~legal, float("-inf")).argmax(dim=1)
-
-
-def baselines(train: Moves, val: Moves) -> dict[str, float]:
-    """Chance levels on ``val``: always the train split's most common move (when legal,
-    else a uniform legal move), and a uniform choice among the legal moves."""
-    if not len(val):
-        return {"majority_move": float("nan"), "uniform_legal": float("nan")}
-    major = int(np.bincount(train.move, minlength=4).argmax()) if len(train) else 0
-    n_legal = val.legal.sum(axis=1)
-    hit = np.where(val.legal[:, major], val.move == major, 1.0 / n_legal)
-    return {
-        "majority_move": float(np.mean(hit)),
-        "majority_move_is": "UDLR"[major],
-        "uniform_legal": float(np.mean(1.0 / n_legal)),
-    }
 
 
 # --------------------------------------------------------------------------- the trunk config
@@ -245,39 +124,35 @@ def _batch(data: Moves, idx: np.ndarray, device: torch.device):
     return tok, legal, move
 
 
-def train_epoch(model, opt, data: Moves, order: np.ndarray, batch: int, device, prog=None):
-    """One pass over ``data`` in ``order``; returns ``(mean loss, accuracy)`` of its batches."""
+def train_epoch(
+    model: TrainNet, opt, data: Moves, order: np.ndarray, batch: int, device, objective: Objective,
+    prog=None,
+) -> dict[str, float]:  # fmt: skip
+    """One pass over ``data`` in ``order``: the running figures of its batches (:class:`Sums`)."""
     model.train()
-    loss_sum, correct = 0.0, 0
+    sums = Sums()
     for i in range(0, len(order), batch):
         tok, legal, move = _batch(data, order[i : i + batch], device)
-        logits = model(tok)[1]
-        loss = masked_ce(logits, legal, move)
+        ce, se, logits = objective.losses(model, tok, legal, move)
         opt.zero_grad(set_to_none=True)
-        loss.mean().backward()
+        objective.total(ce, se).backward()
         opt.step()
-        loss_sum += float(loss.detach().sum())
-        correct += int((masked_argmax(logits.detach(), legal) == move).sum())
+        sums.add(ce, se, logits, legal, move)
         if prog is not None:
-            done = min(i + batch, len(order))
-            prog.update(move.shape[0], f"loss {loss_sum / done:.3f} acc {correct / done:.3f}")
-    n = max(len(order), 1)
-    return loss_sum / n, correct / n
+            prog.update(move.shape[0], f"loss {sums.ce / sums.rows:.3f} "
+                        f"acc {sums.correct / sums.rows:.3f}")  # fmt: skip
+    return sums.figures(objective.counts)
 
 
 @torch.no_grad()
-def evaluate(model, data: Moves, device) -> tuple[float, float]:
-    """``(mean masked CE, accuracy of the legal argmax)`` over ``data`` (nan without rows)."""
-    if not len(data):
-        return float("nan"), float("nan")
+def evaluate(model: TrainNet, data: Moves, device, objective: Objective) -> dict[str, float]:
+    """The figures of :class:`Sums` over ``data`` (nan without rows)."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    sums = Sums()
     for i in range(0, len(data), EVAL_BATCH):
         tok, legal, move = _batch(data, np.arange(i, min(i + EVAL_BATCH, len(data))), device)
-        logits = model(tok)[1]
-        loss_sum += float(masked_ce(logits, legal, move).sum())
-        correct += int((masked_argmax(logits, legal) == move).sum())
-    return loss_sum / len(data), correct / len(data)
+        sums.add(*objective.losses(model, tok, legal, move), legal, move)
+    return sums.figures(objective.counts)
 
 
 # --------------------------------------------------------------------------- the command
@@ -370,8 +245,11 @@ def train_trunk(
         "split": split_record(split),
         **{k: getattr(tcfg, k) for k in ("batch_size", "lr", "wd", "seed")},
     }
-    if max_rows:  # only when set: init dirs trained before the option keep resuming
+    # only when set: init dirs trained before these options keep resuming
+    if max_rows:
         identity["max_rows"] = int(max_rows)
+    if tcfg.counts_weight:
+        identity["counts_weight"] = tcfg.counts_weight
 
     # ---- the output: resume, refuse, or start
     durable.recover_dir(out)
@@ -388,28 +266,24 @@ def train_trunk(
     if not len(train):
         raise VhError("no training rows with a legal recorded move", path=dataset, field="move")
     durable.claim(out, "init")
+    objective = Objective(
+        tcfg.counts_weight,
+        CountsScale.of(train.tokens, cfg.input_vocab_size) if tcfg.counts_weight else None,
+    )
     record = {
-        "dataset": str(Path(dataset).resolve()),
-        "dataset_runs_sha256": identity["dataset_runs_sha256"],
-        "split": split_record(split),
-        "dataset_runs": id_ranges(run_ids),
-        "train_runs": {
-            "count": int(np.sum(codes == TRAIN)),
-            "sha256": ids_sha256(run_ids[codes == TRAIN]),
-        },
-        "val_runs": {"count": int(np.sum(codes == VAL))},
+        **_data_record(dataset, split, run_ids, codes, identity),
         "rows": {"train": len(train), "val": len(val), "dropped_illegal_move": dropped},
         **({"max_rows": int(max_rows), "train_rows_available": available} if max_rows else {}),
         "source": where,
+        "objective": {"policy_ce": 1.0, "tile_counts_mse": tcfg.counts_weight},
         "optimizer": "AdamW",
         "device": tcfg.device,
         "threads": tcfg.threads or torch.get_num_threads(),
         **{k: identity[k] for k in ("batch_size", "lr", "wd", "seed")},
         "val_baselines": baselines(train, val),
     }
-
     with deterministic(device, tcfg.seed, tcfg.threads):
-        model = Encoder(cfg).init_weights(tcfg.seed).to(device)
+        model = TrainNet(cfg, objective.counts).init_weights(tcfg.seed).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.wd)
         rng = np.random.Generator(np.random.PCG64(tcfg.seed))
         history: list[dict] = []
@@ -419,34 +293,59 @@ def train_trunk(
         start = len(history)
         t0 = time.perf_counter()
         for epoch in range(start, tcfg.epochs):
-            history.append(_one_epoch(model, opt, rng, train, val, tcfg, device, epoch, log))
+            fig = _one_epoch(model, opt, rng, (train, val), tcfg, objective, device, epoch, log)
+            history.append(fig)
             write_state(Path(out), model, opt, rng, epoch + 1, history, identity)
             durable.kill_point("trunk-train:epoch")
         seconds = time.perf_counter() - t0
     record.update(_final_figures(history))
-    _write_init_dir(Path(out), model, raw, record)
+    _write_init_dir(Path(out), model.encoder_tensors(), raw, record)
     ran = tcfg.epochs - start
     return TrainResult(Path(out), record, ran, ran * len(train) / seconds if seconds > 0 else 0.0)
 
 
-def _one_epoch(model, opt, rng, train, val, tcfg, device, epoch, log) -> dict:
+def _data_record(dataset, split: SplitConfig, run_ids, codes, identity: dict) -> dict:
+    """The record's account of which dataset and which of its runs were read."""
+    return {
+        "dataset": str(Path(dataset).resolve()),
+        "dataset_runs_sha256": identity["dataset_runs_sha256"],
+        "split": split_record(split),
+        "dataset_runs": id_ranges(run_ids),
+        "train_runs": {
+            "count": int(np.sum(codes == TRAIN)),
+            "sha256": ids_sha256(run_ids[codes == TRAIN]),
+        },
+        "val_runs": {"count": int(np.sum(codes == VAL))},
+    }
+
+
+def _one_epoch(model, opt, rng, data, tcfg, objective, device, epoch, log) -> dict:
     """Train one epoch, measure validation; the history entry (losses, accuracies, rows/s)."""
+    train, val = data
     label = f"trunk train epoch {epoch + 1}/{tcfg.epochs}"
     prog = Progress(len(train), label, log=log)
     order = rng.permutation(len(train))
-    loss, acc = train_epoch(model, opt, train, order, tcfg.batch_size, device, prog)
-    seconds = prog.close(f"loss {loss:.3f} acc {acc:.3f}")
-    val_loss, val_acc = evaluate(model, val, device)
+    tr = train_epoch(model, opt, train, order, tcfg.batch_size, device, objective, prog)
+    seconds = prog.close(f"loss {tr['loss']:.3f} acc {tr['accuracy']:.3f}")
+    va = evaluate(model, val, device, objective) if len(val) else {
+        k: float("nan") for k in tr
+    }  # fmt: skip
     if log is not None:
-        log(
-            f"{label}: train loss {loss:.4f} acc {acc:.4f}, val loss {val_loss:.4f} acc {val_acc:.4f}"
-        )
+        counts = f", tile counts mse {tr['counts_mse']:.4f} / {va['counts_mse']:.4f}" if (
+            objective.counts) else ""  # fmt: skip
+        log(f"{label}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f}, val loss "
+            f"{va['loss']:.4f} acc {va['accuracy']:.4f}{counts}")  # fmt: skip
     return {
         "epoch": epoch + 1,
-        "train_loss": loss,
-        "train_accuracy": acc,
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
+        "train_loss": tr["loss"],
+        "train_accuracy": tr["accuracy"],
+        "val_loss": va["loss"],
+        "val_accuracy": va["accuracy"],
+        **(
+            {"train_counts_mse": tr["counts_mse"], "val_counts_mse": va["counts_mse"]}
+            if objective.counts
+            else {}
+        ),  # fmt: skip
         "rows_per_s": len(train) / seconds if seconds > 0 else 0.0,
     }
 
@@ -454,11 +353,9 @@ def _one_epoch(model, opt, rng, train, val, tcfg, device, epoch, log) -> dict:
 def _final_figures(history: list[dict]) -> dict:
     """The record's figures from the last epoch (train: the running figures of its batches)."""
     last = history[-1]
-    return {
-        "epochs": last["epoch"],
-        **{k: last[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
-        "history": history,
-    }
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    keys += ("train_counts_mse", "val_counts_mse")
+    return {"epochs": last["epoch"], **{k: last[k] for k in keys if k in last}, "history": history}
 
 
 def _prepare_out(out: Path, identity: dict, epochs: int, overwrite: bool) -> TrainState | None:
@@ -504,7 +401,7 @@ def _read_record(out: Path) -> dict:
     return rec if isinstance(rec, dict) else {}
 
 
-def _write_init_dir(out: Path, model: Encoder, raw: dict, record: dict) -> None:
+def _write_init_dir(out: Path, weights: dict, raw: dict, record: dict) -> None:
     """config.json (with the record) + model.safetensors + the train state, as one folder
     swap: a kill leaves the previous init dir or this one, never a mix."""
     from safetensors.torch import save_file
@@ -514,7 +411,6 @@ def _write_init_dir(out: Path, model: Encoder, raw: dict, record: dict) -> None:
     tmp = durable.temp_dir(out)
     durable.claim(tmp, "init")
     link_state(out, tmp)
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     durable.atomic_write(tmp / "model.safetensors", lambda p: save_file(weights, p))
     config = {**raw, RECORD_KEY: {**record, "vh_version": vh.__version__}}
     durable.atomic_write_json(tmp / "config.json", config, indent=2)

@@ -8,8 +8,8 @@ import pytest
 import vh.demo
 from vh.demo import demo_config, pick_thresholds, run_demo, study, train_highest_tiles
 from vh.errors import VhError
+from vh.extract.trunk_data import Moves, cap_rows
 from vh.extract.trunk_record import RECORD_KEY, split_record
-from vh.extract.trunk_train import Moves, cap_rows
 from vh.heads.splits import TRAIN, split_runs
 
 

@@ -190,7 +190,7 @@ def test_demo_passes_trust_pickle_to_its_extract(benign, tmp_path, monkeypatch):
     monkeypatch.setattr(vh.demo, "run_demo", lambda out, cfg, **kw: seen.update(kw))
     r = invoke(["demo", "--out", tmp_path / "d", "--init", benign, "--trust-pickle"])
     assert r.exit_code == 0, r.output
-    assert seen == {"init": str(benign), "trust_pickle": True, "play_games": 0}
+    assert seen == {"init": str(benign), "trust_pickle": True, "play_games": 50}
 
 
 # --------------------------------------------------------------------------- special files

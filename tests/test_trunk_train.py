@@ -205,7 +205,8 @@ def test_killed_after_an_epoch_resumes_to_the_same_bytes(data, straight, tmp_pat
 def test_masked_ce_and_legality_match_numpy(data):
     import torch
 
-    from vh.extract.trunk_train import legal_moves, masked_argmax, masked_ce
+    from vh.extract.trunk_data import legal_moves
+    from vh.extract.trunk_objective import masked_argmax, masked_ce
 
     ds = open_dataset(data["short"])
     rows = ds.read(0, ds.n_rows)
@@ -225,8 +226,62 @@ def test_masked_ce_and_legality_match_numpy(data):
     np.testing.assert_array_equal(arg, z.argmax(axis=1))
 
 
+def test_tile_counts_objective_matches_numpy(data):
+    """The auxiliary loss by hand: counts by bincount, standardised by the training rows'
+    mean and spread (floored), squared error averaged over token values."""
+    import torch
+
+    from vh.extract.trunk_config import TrunkConfig, preset_config
+    from vh.extract.trunk_data import MIN_SPREAD, CountsScale, legal_moves
+    from vh.extract.trunk_objective import Objective, TrainNet
+
+    ds = open_dataset(data["short"])
+    exps = ds.read(0, ds.n_rows).exps
+    counts = np.stack([np.bincount(r, minlength=16) for r in exps]).astype(np.float64)
+    scale = CountsScale.of(exps, 16)
+    np.testing.assert_allclose(scale.mean, counts.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(scale.std, np.maximum(counts.std(0), MIN_SPREAD), rtol=1e-5)
+    assert scale.std[15] == MIN_SPREAD  # no 32768 tile in 60-move games: the floor holds
+    cfg = TrunkConfig.from_dict(preset_config("tiny", head_type="action_policy"), "tiny")
+    model = TrainNet(cfg, counts=True).init_weights(3)
+    tok, legal = exps[:20], legal_moves(exps[:20])
+    move = torch.from_numpy(legal.argmax(1))
+    t = torch.from_numpy(tok.astype(np.int64))
+    ce, se, _ = Objective(0.5, scale).losses(model, t, torch.from_numpy(legal), move)
+    with torch.no_grad():
+        pooled = model.hidden(t).mean(dim=1).numpy().astype(np.float64)
+    w, b = (model.tile_counts.weight.detach().numpy(), model.tile_counts.bias.detach().numpy())
+    want = (((pooled @ w.T + b) - (counts[:20] - scale.mean) / scale.std) ** 2).mean(axis=1)
+    np.testing.assert_allclose(se.detach().numpy(), want, rtol=1e-4, atol=1e-6)
+    total = Objective(0.5, scale).total(ce, se)
+    assert float(total.detach()) == pytest.approx(
+        float(ce.detach().mean()) + 0.5 * float(want.mean()), rel=1e-5
+    )
+
+
+def test_init_dir_holds_the_encoder_only_and_policy_alone_has_no_read_out(data, tmp_path):
+    from safetensors.numpy import load_file
+
+    from vh.extract.encoder import Encoder
+    from vh.extract.trunk import load_trunk
+
+    out = tmp_path / "policy-only"
+    train_ok("--dataset", data["short"], "--out", out, "--epochs", 1, "--counts-weight", 0)
+    rec = trunk_training_runs(out)
+    assert rec["objective"] == {"policy_ce": 1.0, "tile_counts_mse": 0.0}
+    assert "train_counts_mse" not in rec["history"][0]
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["identity"].get("counts_weight") is None
+    # the default objective: the read-out is trained and resumable, but not in the init dir
+    rec = trunk_training_runs(data["tmp"] / "straight")
+    assert rec["objective"]["tile_counts_mse"] == 1.0 and rec["val_counts_mse"] < 1.0
+    names = set(load_file(data["tmp"] / "straight" / "model.safetensors"))
+    assert names == set(Encoder(load_trunk(data["tmp"] / "straight").config).state_dict())
+    assert not any(n.startswith("tile_counts") for n in names)
+
+
 def test_legality_with_the_65536_tile():
-    from vh.extract.trunk_train import legal_moves
+    from vh.extract.trunk_data import legal_moves
 
     e = np.zeros((2, 16), np.uint8)
     e[0, :2] = 16  # two 65536 tiles side by side on the top row: left/right merge them
@@ -320,46 +375,60 @@ def test_bench_section_reports_rows_per_second():
 
 # --------------------------------------------------------------------------- embeddings
 
-PROBE_TOML = """
-[extract]
-batch_size = 1024
-chunk_rows = 4096
-[fit.split]
-train = 0.6
-val = 0.2
-test = 0.2
-[fit.train]
-batch_size = 512
-epochs = 10
-patience = 3
-lr = 3e-3
-[fit.target]
-thresholds = [512, 1024]
-"""
+# the demo's recipe (configs/demo.toml: 280 expectimax games, 131 training runs) with the
+# categorical probe on fixed milestones; test NLL on 108 test runs
+PROBE_SETS = [
+    "fit.target.kind=tiles",
+    "fit.target.thresholds=[1024, 2048, 4096]",
+    "fit.head.arch=probe",
+]
+
+
+def probe_test_nll(run: Path, reader) -> float:
+    """The tiles head's test NLL recomputed here: log-softmax of its logits on the test rows
+    of its run dir, against the bucket of each row's run (how many milestones it reached)."""
+    from scipy.special import log_softmax
+
+    from vh.heads.api import load_run
+
+    rows = np.load(run / "sampling.npz")["test_rows"]
+    logits = load_run(run).logits(reader.take(rows))
+    runs = reader.runs
+    highest = runs["highest_tile"][np.searchsorted(runs["id"], reader.column("run_id")[rows])]
+    bucket = (highest[:, None] >= np.array([1024, 2048, 4096])).sum(axis=1)
+    return float(
+        -np.mean(log_softmax(logits.astype(np.float64), axis=1)[np.arange(len(rows)), bucket])
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="measured: a policy-trained trunk's embeddings give the ordinal probe a HIGHER "
-    "val NLL than a random trunk's (tiny, 3 epochs: 0.51 vs 0.38; small, 2 epochs: 0.39 vs "
-    "0.35, 40 greedy games); strict, so this fails loudly once a trained trunk wins",
-)
-def test_trained_embeddings_beat_random_ones_for_a_probe(data, trained, tmp_path):
-    """The same ordinal probe, on the same split as the trunk's (its test runs unseen), fit on
-    the embeddings of the trained trunk and of a random trunk of the same shape."""
-    from vh.config import load_config
+def test_trained_embeddings_beat_random_ones_for_a_probe(tmp_path):
+    """The demo's trunk (tiny, 2 epochs on 50,000 moves of the training runs, policy and
+    tile-counts objective) against its own starting point (the same seed, untrained): the
+    same categorical probe, fit by vh on each cache, scored on the test runs, which neither
+    the trunk nor the probe saw. Measured: 1.03 against 1.19 (the demo's report: 1.0241
+    against 1.1917 for a random trunk); a policy-only trunk left the probe near the base rates.
+    """
+    from vh.cache.reader import open_cache
+    from vh.config import builtin_config
+    from vh.demo import DEMO_TRUNK_ROWS, demo_config
     from vh.extract.run import run_extract
+    from vh.extract.trunk_train import train_trunk
     from vh.heads.api import fit
 
-    (tmp_path / "probe.toml").write_text(PROBE_TOML)
-    cfg = load_config([tmp_path / "probe.toml"])
-    run_ok(["trunk", "init", "--out", tmp_path / "random", "--preset", "tiny", "--seed", 0])
+    cfg = demo_config(PROBE_SETS)
+    run_ok(["synth", "--out", tmp_path / "ds", "--config", builtin_config("demo")])
+    train_trunk(tmp_path / "ds", tmp_path / "trained", cfg.trunk, split=cfg.fit.split,
+                max_rows=DEMO_TRUNK_ROWS, log=None)  # fmt: skip
+    run_ok(["trunk", "init", "--out", tmp_path / "random", "--preset", "tiny", "--seed",
+            cfg.trunk.seed, "--head", "action_policy"])  # fmt: skip
     nll = {}
-    for name, init in (("trained", trained), ("random", tmp_path / "random")):
-        run_extract(data["ds"], init, tmp_path / f"cache-{name}", cfg, log=None)
-        s = fit(cfg.fit, tmp_path / f"cache-{name}", tmp_path / f"run-{name}", log=None)
-        nll[name] = s["members"][s["best_member"]]["best_val_nll"]
-    print(f"ordinal probe val NLL: trained trunk {nll['trained']:.4f}, random {nll['random']:.4f}")
+    for name in ("trained", "random"):
+        cache, run = tmp_path / f"cache-{name}", tmp_path / f"run-{name}"
+        run_extract(tmp_path / "ds", tmp_path / name, cache, cfg, log=None)
+        fit(cfg.fit, cache, run, log=lambda _: None)
+        nll[name] = probe_test_nll(run, open_cache(cache))
+    print(
+        f"categorical probe test NLL: trained trunk {nll['trained']:.4f}, random {nll['random']:.4f}"
+    )
     assert nll["trained"] < nll["random"]

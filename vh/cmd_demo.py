@@ -18,11 +18,11 @@ from vh.shell import done, folder_option, init_option, main, trust_pickle_option
 @click.option(
     "--play",
     "play_games",
-    default=0,
+    default=50,
     show_default=True,
     type=click.IntRange(min=0),
     metavar="N",
-    help="Also play N seeded games with the study's heads and the baselines (random, greedy, "
+    help="Play N seeded games with the study's heads and the baselines (random, greedy, "
     "expectimax, the trunk's policy) and report them beside the offline figures (0: no play).",
 )
 @click.option(
@@ -36,7 +36,7 @@ from vh.shell import done, folder_option, init_option, main, trust_pickle_option
 def demo(out, init, play_games, sets, trust_pickle):
     """Synthesize games, train a small trunk on the training games' moves, extract caches
     (trunk and one-hot baseline), fit the seed's four comparisons plus the return head,
-    optionally play them (--play N), evaluate, and write the report. Resumable."""
+    play them (--play N), evaluate, and write the report. Resumable."""
     from vh.demo import demo_config, run_demo
 
     cfg = demo_config(sets)

@@ -114,6 +114,13 @@ def _trained(rec: dict, epochs_run: int, out) -> str:
 @click.option(
     "--threads", type=int, default=None, help="Torch CPU threads, 0 = torch's. [trunk.threads]"
 )
+@click.option(
+    "--counts-weight",
+    type=float,
+    default=None,
+    help="Weight of the auxiliary loss that keeps the tile counts readable from the pooled "
+    "embedding; 0 trains the policy alone. [trunk.counts_weight]",
+)
 @file_option(
     "--settings",
     multiple=True,
@@ -124,9 +131,14 @@ def _trained(rec: dict, epochs_run: int, out) -> str:
 )
 def train(
     dataset, out, preset, trunk_config, epochs, batch_size, lr, wd, seed, device, threads,
-    settings, overwrite,
+    counts_weight, settings, overwrite,
 ) -> None:  # fmt: skip
     """Train a trunk (Encoder + action_policy head) on DATASET's recorded moves.
+
+    \b
+    Beside the policy's loss, a linear read-out of the pooled embedding learns the board's
+    tile counts (--counts-weight; 0 = the policy alone): a policy alone forgets how far the
+    game has gone, which is what value heads need. The read-out is not saved in OUT.
 
     \b
     Only the training runs of vh fit's split are used (the same function and seed; the
@@ -140,7 +152,7 @@ def train(
     cfg = load_config(settings)
     given = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, wd=wd, seed=seed, device=device,
-        threads=threads,
+        threads=threads, counts_weight=counts_weight,
     )  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     try:

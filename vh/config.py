@@ -228,7 +228,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrunkTrainConfig:
-    """`vh trunk train`: the trunk's action_policy training (AdamW, constant lr)."""
+    """`vh trunk train`: the trunk's action_policy training (AdamW, constant lr), with the
+    auxiliary tile-counts read-out."""
 
     epochs: int = ranged(10, ge=1, le=100_000)
     batch_size: int = ranged(256, ge=1, le=2**20)  # rows per AdamW step
@@ -238,6 +239,9 @@ class TrunkTrainConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     # torch intra-op threads on CPU (0 = torch's); 1 is fastest for tiny trunks on a busy host
     threads: int = ranged(0, ge=0, le=4096)
+    # weight of the auxiliary tile-counts loss beside the policy's (0: the policy alone);
+    # why it exists: vh/extract/trunk_objective.py
+    counts_weight: float = ranged(1.0, ge=0.0, le=1000.0)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ Stages (each resumable: a second run reuses what is done):
    baseline, both with a discount so the return head has its column.
 4. ``runs/``: the seed's four comparisons (probe/MLP × ordinal/categorical), the return head,
    and the baseline's ordinal probe.
-5. ``play/`` (``--play N``, off by default): ``vh play`` of the study's heads and the baselines
-   (random, greedy, expectimax, the trunk's policy head) on N seeded games, afterstate search,
-   at most :data:`PLAY_MAX_MOVES` moves a game; ``vh eval`` finds it beside ``runs/``.
+5. ``play/`` (``--play N``: 50 games by default, 0 skips it): ``vh play`` of the study's heads
+   and the baselines (random, greedy, expectimax, the trunk's policy head) on N seeded games,
+   afterstate search, at most :data:`PLAY_MAX_MOVES` moves a game; ``vh eval`` finds it
+   beside ``runs/``.
 6. ``report/``: ``vh eval`` over all of them.
 
 Synthetic games end far below 16384, so the demo picks milestone thresholds that split the

@@ -1,7 +1,7 @@
 """``vh bench trunk-train``: rows/s of ``vh trunk train``'s training loop, per trunk size.
 
 What is timed is :func:`vh.extract.trunk_train.train_epoch` itself (batches gathered from
-memory, forward, masked cross-entropy, backward, AdamW step) over boards drawn at random
+memory, forward, masked cross-entropy and the tile-counts read-out, backward, AdamW step) over boards drawn at random
 with their legal moves from the engine; reading the dataset (once per command) is not in
 the figure. One warm-up batch runs first, untimed (allocator and kernel selection).
 """
@@ -18,7 +18,7 @@ from vh.bench.report import Section, machine, number, section, table, times, tod
 
 def random_moves(rows: int, seed: int = 0):
     """``rows`` random boards (exponents 0..11) that have a legal move, a legal move each."""
-    from vh.extract.trunk_train import Moves, legal_moves
+    from vh.extract.trunk_data import Moves, legal_moves
 
     rng = np.random.default_rng(seed)
     exps = rng.integers(0, 12, size=(rows * 2, 16), dtype=np.uint8)
@@ -38,22 +38,28 @@ def bench_train(
     """Train rows/s of one preset: ``{preset, parameters, rows, batch, seconds, rows_per_s}``."""
     import torch
 
-    from vh.extract.encoder import Encoder
+    from vh.config import TrunkTrainConfig
     from vh.extract.trunk_config import TrunkConfig, preset_config
+    from vh.extract.trunk_data import CountsScale
+    from vh.extract.trunk_objective import Objective, TrainNet
     from vh.extract.trunk_train import deterministic, train_epoch
 
     raw = preset_config(preset, head_type="action_policy")
     dev = torch.device(device)
     data = random_moves(rows + batch, seed)
     with deterministic(dev, seed, threads):
-        model = Encoder(TrunkConfig.from_dict(raw, preset)).init_weights(seed).to(dev)
+        cfg = TrunkConfig.from_dict(raw, preset)
+        # the default objective of vh trunk train: the policy and the tile-counts read-out
+        weight = TrunkTrainConfig().counts_weight
+        objective = Objective(weight, CountsScale.of(data.tokens, cfg.input_vocab_size))
+        model = TrainNet(cfg, objective.counts).init_weights(seed).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        train_epoch(model, opt, data, np.arange(batch), batch, dev)  # warm-up, untimed
+        train_epoch(model, opt, data, np.arange(batch), batch, dev, objective)  # warm-up
         order = np.arange(batch, len(data))
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        train_epoch(model, opt, data, order, batch, dev)
+        train_epoch(model, opt, data, order, batch, dev, objective)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
