@@ -13,6 +13,7 @@ from vh.cache.reader import open_cache
 from vh.cache.writer import write_cache_from_arrays
 from vh.config import load_config
 from vh.errors import VhError
+from vh.heads import data as D
 from vh.heads import train as T
 from vh.heads.api import fit
 from vh.progress import Progress
@@ -145,7 +146,8 @@ def test_progress_counts_every_row_streamed_and_on_device(tmp_path):
     rows = np.arange(300, 3000)
     stream = _stream(path, rows, y[rows], batch=128)
     device = T.DeviceData(x_train=x[rows], y_train=y[rows], x_val=x[:300], y_val=y[:300],
-                          batching=T.Batching(128), mesh=mesh, ticks=10)  # fmt: skip
+                          batching=T.Batching(128), mesh=mesh, ticks=10,
+                          min_tick_steps=1)  # fmt: skip
     for data in (stream, device):
         data.bind(T.make_step(model, obj, lambda s: 1.0), T.make_eval(model, obj))
         state = T.replicate(T.init_state(model, members, 8), mesh)
@@ -157,6 +159,16 @@ def test_progress_counts_every_row_streamed_and_on_device(tmp_path):
         # streamed: a line per batch (every=0); device: ticks=10 -> every ceil(22/10) = 3 steps
         # (7 ticks) and after the last step
         assert len(lines) == (8 if data is device else 22) and "2,700/2,700" in lines[-1]
+    # by default at least MIN_TICK_STEPS steps lie between two callbacks: 22 steps -> a tick
+    # after step 16 and after the last
+    device = T.DeviceData(x_train=x[rows], y_train=y[rows], x_val=x[:300], y_val=y[:300],
+                          batching=T.Batching(128), mesh=mesh, ticks=10)  # fmt: skip
+    assert D.MIN_TICK_STEPS == 16
+    device.bind(T.make_step(model, obj, lambda s: 1.0), T.make_eval(model, obj))
+    lines = []
+    bar = Progress(len(rows), "fit", every=0.0, log=lines.append)
+    device.train_epoch(T.replicate(T.init_state(model, members, 8), mesh), keys, 0, progress=bar)
+    assert [ln.split()[1] for ln in lines] == ["2,048/2,700", "2,700/2,700"]
 
 
 # --------------------------------------------------------------------------- quality

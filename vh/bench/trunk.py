@@ -1,9 +1,9 @@
 """``vh bench trunk-train``: rows/s of ``vh trunk train``'s training loop, per trunk size.
 
 What is timed is :func:`vh.extract.trunk_train.train_epoch` itself (batches gathered from
-memory, forward, masked cross-entropy and the tile-counts read-out, backward, AdamW step) over boards drawn at random
-with their legal moves from the engine; reading the dataset (once per command) is not in
-the figure. One warm-up batch runs first, untimed (allocator and kernel selection).
+memory, forward, masked cross-entropy and the tile-counts read-out, backward, AdamW step)
+over boards drawn at random with their legal moves from the engine; reading the dataset (once
+per command) is not in the figure. One warm-up batch runs first, untimed (allocator and kernel selection).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def trunk_section(results: list[dict]) -> Section:
     return section(
         "trunk train",
         f"`vh bench trunk-train` — the training loop of `vh trunk train` (forward, masked "
-        f"cross-entropy over the legal moves, backward, AdamW step) on random boards; "
+        f"cross-entropy over the legal moves and the tile-counts read-out at its default "
+        f"weight, backward, AdamW step; parameters include the read-out) on random boards; "
         f"{machine()}, {results[0]['threads']} torch threads, load average "
         f"{os.getloadavg()[0]:.1f} when it ended (a shared host: figures scale down with "
         f"load); {today()}. GPU: not measured (no device lent to this run).",
