@@ -157,6 +157,24 @@ def init_cache(
         **(extra_attrs or {}),
     }
     group = zarr.create_group(store=str(path), attributes=attrs, zarr_format=3)
+    _create_arrays(group, n, d, dtype, chunk_rows, columns)
+    _write_runs(group, runs)
+    ledger.fsync_tree(path)  # zarr does not fsync: metadata durable before the init record
+    ledger.failpoint("init:arrays")
+    ledger.write_record(
+        path,
+        schema.INIT_RECORD,
+        {
+            "schema_version": schema.SCHEMA_VERSION,
+            "fingerprint_digest": attrs["fingerprint_digest"],
+        },
+    )
+    return CacheWriter(path)
+
+
+def _create_arrays(group: zarr.Group, n: int, d: int, dtype: str, chunk_rows: int,
+                   columns: dict[str, np.dtype]) -> None:  # fmt: skip
+    """The empty ``emb`` array and one array per per-state column."""
     codecs = schema.emb_codecs()
     # fill NaN: an unwritten chunk read by mistake (allow_incomplete) is visibly not data;
     # write_empty_chunks: every unit leaves a chunk file that finish() can check
@@ -181,18 +199,6 @@ def init_cache(
             config={"write_empty_chunks": True},
             **codecs,
         )
-    _write_runs(group, runs)
-    ledger.fsync_tree(path)  # zarr does not fsync: metadata durable before the init record
-    ledger.failpoint("init:arrays")
-    ledger.write_record(
-        path,
-        schema.INIT_RECORD,
-        {
-            "schema_version": schema.SCHEMA_VERSION,
-            "fingerprint_digest": attrs["fingerprint_digest"],
-        },
-    )
-    return CacheWriter(path)
 
 
 def _write_runs(group: zarr.Group, runs: dict[str, np.ndarray]) -> None:

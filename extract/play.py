@@ -237,10 +237,9 @@ class RunParams:
     config: dict
 
     def params_width(self) -> int:
-        for name in ("hidden.kernel", "out.kernel", "score.kernel"):
-            if name in self.params:
-                return int(self.params[name].shape[0])
-        raise VhError("checkpoint has no input layer", path=self.run_dir, field="params")
+        from vh.heads.rundir import input_width
+
+        return input_width(self.params, self.run_dir)
 
 
 def read_run(run_dir, member: str | None = None) -> RunParams:

@@ -239,17 +239,7 @@ def train_trunk(
     run_ids = np.asarray(ds.runs.id, np.int64)
     codes = split_runs(run_ids, split)
     check_nonempty(codes, run_ids, split)
-    identity = {
-        "config": raw,
-        "dataset_runs_sha256": _runs_identity(ds),
-        "split": split_record(split),
-        **{k: getattr(tcfg, k) for k in ("batch_size", "lr", "wd", "seed")},
-    }
-    # only when set: init dirs trained before these options keep resuming
-    if max_rows:
-        identity["max_rows"] = int(max_rows)
-    if tcfg.counts_weight:
-        identity["counts_weight"] = tcfg.counts_weight
+    identity = _identity(raw, ds, split, tcfg, max_rows)
 
     # ---- the output: resume, refuse, or start
     durable.recover_dir(out)
@@ -282,8 +272,36 @@ def train_trunk(
         **{k: identity[k] for k in ("batch_size", "lr", "wd", "seed")},
         "val_baselines": baselines(train, val),
     }
+    model, history, ran, seconds = _train_epochs(
+        Path(out), TrainNet(cfg, objective.counts), (train, val), tcfg, objective, state,
+        identity, device, log,
+    )  # fmt: skip
+    record.update(_final_figures(history))
+    _write_init_dir(Path(out), model.encoder_tensors(), raw, record)
+    return TrainResult(Path(out), record, ran, ran * len(train) / seconds if seconds > 0 else 0.0)
+
+
+def _identity(raw: dict, ds, split: SplitConfig, tcfg: TrunkTrainConfig, max_rows: int) -> dict:
+    """The settings a resume must share with the run it continues."""
+    identity = {
+        "config": raw,
+        "dataset_runs_sha256": _runs_identity(ds),
+        "split": split_record(split),
+        **{k: getattr(tcfg, k) for k in ("batch_size", "lr", "wd", "seed")},
+    }
+    # only when set: init dirs trained before these options keep resuming
+    if max_rows:
+        identity["max_rows"] = int(max_rows)
+    if tcfg.counts_weight:
+        identity["counts_weight"] = tcfg.counts_weight
+    return identity
+
+
+def _train_epochs(out: Path, model: TrainNet, data, tcfg, objective, state, identity, device, log):
+    """The epochs still to run (from ``state`` when resuming), each followed by the train
+    state; ``(model, history, epochs run, seconds)``."""
     with deterministic(device, tcfg.seed, tcfg.threads):
-        model = TrainNet(cfg, objective.counts).init_weights(tcfg.seed).to(device)
+        model = model.init_weights(tcfg.seed).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.wd)
         rng = np.random.Generator(np.random.PCG64(tcfg.seed))
         history: list[dict] = []
@@ -293,15 +311,11 @@ def train_trunk(
         start = len(history)
         t0 = time.perf_counter()
         for epoch in range(start, tcfg.epochs):
-            fig = _one_epoch(model, opt, rng, (train, val), tcfg, objective, device, epoch, log)
-            history.append(fig)
-            write_state(Path(out), model, opt, rng, epoch + 1, history, identity)
+            history.append(_one_epoch(model, opt, rng, data, tcfg, objective, device, epoch, log))
+            write_state(out, model, opt, rng, epoch + 1, history, identity)
             durable.kill_point("trunk-train:epoch")
         seconds = time.perf_counter() - t0
-    record.update(_final_figures(history))
-    _write_init_dir(Path(out), model.encoder_tensors(), raw, record)
-    ran = tcfg.epochs - start
-    return TrainResult(Path(out), record, ran, ran * len(train) / seconds if seconds > 0 else 0.0)
+    return model, history, tcfg.epochs - start, seconds
 
 
 def _data_record(dataset, split: SplitConfig, run_ids, codes, identity: dict) -> dict:

@@ -423,10 +423,7 @@ class RunHead:
         return _linear_map(self.params)
 
     def params_width(self) -> int:
-        for name in ("hidden.kernel", "out.kernel", "score.kernel"):
-            if name in self.params:
-                return int(self.params[name].shape[0])
-        raise VhError("checkpoint has no input layer", path=self.run_dir, field="params")
+        return rundir.input_width(self.params, self.run_dir)
 
 
 def load_run(run_dir, member: str | None = None) -> RunHead:

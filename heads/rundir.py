@@ -251,3 +251,11 @@ def copy_cited(run_dir, dest) -> None:
         if f.name in CITED_MEMBER_FILES:
             (dest / MEMBERS / f.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest / MEMBERS / f.parent.name / f.name)
+
+
+def input_width(params: dict, run_dir) -> int:
+    """The embedding width a checkpoint's head reads: rows of its first layer's kernel."""
+    for name in ("hidden.kernel", "out.kernel", "score.kernel"):
+        if name in params:
+            return int(params[name].shape[0])
+    raise VhError("checkpoint has no input layer", path=run_dir, field="params")
