@@ -56,6 +56,7 @@ PLAY_FILES = (PLAY_JSON, PLAY_MD)
 BASELINES = ("random", "greedy", "expectimax", "policy")
 DEFAULT_MILESTONES = (1024, 2048, 4096, 8192, 16384, 32768)
 EXPECTIMAX_DEPTH = 2  # the built-in expectimax baseline's depth (synth's default)
+DEPTHS = (1, 2)  # value-head search depths: a third level costs ~50x the second
 # the export block's vocab_type -> (target kind, encoding)
 _EXPORT_KINDS = {
     "ordinal_milestones": ("ordinal", "bernoulli"),
@@ -71,7 +72,7 @@ class PlayConfig:
     """What `vh play` does (the CLI's options).
 
     Attributes:
-        games: games per player. seed: the games' seed. depth: search depth (1).
+        games: games per player. seed: the games' seed. depth: search depth (1 or 2).
         mode: ``expectation`` | ``afterstate``. value: ``score`` | ``return`` | ``p:T`` | None
             (the head's natural value: return for return heads, else score).
         baselines: names from :data:`BASELINES`; None = random, greedy, expectimax, and the
@@ -112,8 +113,12 @@ def check_config(cfg: PlayConfig) -> None:
         raise VhError(f"must be at least 1, got {cfg.games}", field="--games")
     if cfg.max_moves < 0:
         raise VhError(f"must be 0 (no limit) or more, got {cfg.max_moves}", field="--max-moves")
-    if cfg.depth != 1:
-        raise VhError(f"only depth 1 is implemented, got {cfg.depth}", field="--depth")
+    if cfg.depth not in DEPTHS:
+        raise VhError(
+            f"must be {' or '.join(map(str, DEPTHS))} (each level costs ~50x more leaves), "
+            f"got {cfg.depth}",
+            field="--depth",
+        )
     if cfg.mode not in MODES:
         raise VhError(f"{cfg.mode!r} is not one of {', '.join(MODES)}", field="--mode")
     parse_value(cfg.value)
@@ -174,8 +179,8 @@ def _gamma(config: dict) -> float:
 
 def _search(cfg: PlayConfig, spec, gamma: float) -> Search:
     if spec.kind == "return":  # a return is this move's reward plus the discounted rest
-        return Search(cfg.mode, reward_weight=1.0, discount=gamma, batch=cfg.batch)
-    return Search(cfg.mode, batch=cfg.batch)
+        return Search(cfg.mode, reward_weight=1.0, discount=gamma, batch=cfg.batch, depth=cfg.depth)
+    return Search(cfg.mode, batch=cfg.batch, depth=cfg.depth)
 
 
 # --------------------------------------------------------------------------- torch side

@@ -9,6 +9,12 @@ each of the four moves of each board:
 - ``afterstate``: the value of the board right after the move, before the spawn (about
   2 × the empty cells fewer evaluations).
 
+Depth d > 1 is expectimax: a move's value is the expectation over the spawn of the best move
+value at depth d − 1 of each child (a child with no legal move is valued by the value function
+itself); the mode says how the deepest moves are valued. Each level multiplies the leaves by
+about 4 × 2 × the empty cells (depth 2: ~200 in afterstate mode, ~2,000 in expectation mode
+per board; duplicates are evaluated once).
+
 A move's value is ``reward_weight · merge reward + discount · leaf`` (return heads add the
 reward and discount; score and probability heads value the state alone: the final score of
 the game already counts the points scored on the way). Leaves of all boards are deduplicated
@@ -156,21 +162,42 @@ class Search:
     reward_weight: float = 0.0
     discount: float = 1.0
     batch: int = LEAF_BATCH
+    depth: int = 1  # moves searched ahead (see the module docstring)
 
 
-def move_values(value_fn: ValueFn, boards: np.ndarray, search: Search) -> np.ndarray:
-    """Values of the four moves of each board, float64 ``(N, 4)``, ``-inf`` where illegal."""
+def move_values(
+    value_fn: ValueFn, boards: np.ndarray, search: Search, depth: int | None = None
+) -> np.ndarray:
+    """Values of the four moves of each board, float64 ``(N, 4)``, ``-inf`` where illegal.
+
+    ``depth``: moves searched ahead (default ``search.depth``); see the module docstring.
+    """
+    depth = search.depth if depth is None else depth
     b = engine.as_boards(boards)
     kids, rewards = engine.move_all(b)  # (N, 4)
     legal = kids != b[:, None]
     after = kids[legal]  # (L,) afterstates of the legal moves
-    if search.mode == "afterstate":
+    if depth > 1:  # a chance node over the spawn, then the best move one level down
+        leaf = expected_after_spawn(
+            lambda child: best_value(value_fn, child, search, depth - 1), after, search.batch
+        )
+    elif search.mode == "afterstate":
         leaf = evaluate(value_fn, after, search.batch)
     else:
         leaf = expected_after_spawn(value_fn, after, search.batch)
     values = np.full(kids.shape, -np.inf)
     values[legal] = search.reward_weight * rewards[legal] + search.discount * leaf
     return values
+
+
+def best_value(value_fn: ValueFn, boards: np.ndarray, search: Search, depth: int) -> np.ndarray:
+    """The value of each board to move from: its best move's value at ``depth``, or, where
+    no move is legal (the game is over), the value function's own value of it; ``(M,)``."""
+    best = move_values(value_fn, boards, search, depth).max(axis=1)
+    over = np.isneginf(best)
+    if over.any():
+        best[over] = evaluate(value_fn, engine.as_boards(boards)[over], search.batch)
+    return best
 
 
 @dataclass(frozen=True)

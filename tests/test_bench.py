@@ -2,6 +2,7 @@
 benchmarks driven through their commands (extract and fit have theirs in test_extract.py and
 test_heads_fit.py)."""
 
+import pytest
 from click.testing import CliRunner
 
 from vh.bench import report as R
@@ -130,3 +131,26 @@ def test_free_trunk_section_by_hand():
     assert "setup and finish (validate, hash, columns, verify) 2.50 s." in s.text
     quiet = extract_section(_extract_figures(trunk="onehot", load=0.5, embed_loop_gbs=0.5))
     assert "busy machine" not in quiet.text and "0.500 GB/s (met)" in quiet.text
+
+
+def test_bench_play_measures_each_search_and_writes_its_section(tmp_path):
+    from vh.bench.play import SEARCHES, benchmark, play_section
+
+    rows = benchmark(("tiny",), games=2, moves=3, log=lambda _: None)
+    assert [(r["mode"], r["depth"]) for r in rows] == list(SEARCHES)
+    for r in rows:  # 3 moves cannot end a game: every game plays them all
+        assert r["moves"] == 6 and r["moves_per_s"] == pytest.approx(6 / r["seconds"])
+    text = play_section(rows, 2, 3, "cpu").text
+    assert "`vh bench play --games 2 --moves 3 --presets tiny`" in text
+    assert "| tiny (D = 32) | afterstate | 2 | 6 |" in text
+    # the command writes the section into the file it is given
+    md = tmp_path / "B.md"
+    r = CliRunner().invoke(
+        main,
+        ["bench", "play", "--games", "1", "--moves", "2", "--presets", "tiny", "--md", str(md)],
+    )
+    assert r.exit_code == 0, r.output
+    assert (
+        md.read_text().count("## play") == 1
+        and "| tiny (D = 32) | expectation | 1 | 2 |" in md.read_text()
+    )

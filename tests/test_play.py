@@ -110,6 +110,44 @@ def test_move_values_equal_a_direct_enumeration(mode, weights):
     assert np.isinf(got[3]).tolist() == [True, False, True, False]
 
 
+def _direct_depth2(board: int, value, reward_weight: float, discount: float, spawn: bool):
+    """Depth-2 move values by plain loops: per move, every spawn child (2 at .9, 4 at .1 over
+    the empty cells) valued by its best depth-1 move from :func:`_direct`, or by ``value``
+    itself when it has no legal move."""
+    out = []
+    for d in range(4):
+        after, reward = engine.move(np.array([board], np.uint64), np.array([d]))
+        after, reward = int(after[0]), int(reward[0])
+        if after == board:
+            out.append(-math.inf)
+            continue
+        cells = [c for c in range(16) if (after >> (60 - 4 * c)) & 15 == 0]
+        leaf = 0.0
+        for c in cells:
+            for tile, p in {1: 0.9, 2: 0.1}.items():
+                child = after | (tile << (60 - 4 * c))
+                best = max(_direct(child, value, reward_weight, discount, spawn))
+                if best == -math.inf:
+                    best = float(value(np.array([child], np.uint64))[0])
+                leaf += p / len(cells) * best
+        out.append(reward_weight * reward + discount * leaf)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["expectation", "afterstate"])
+def test_depth_two_equals_a_direct_enumeration(mode):
+    boards = _boards()[1:]  # the open board's 13 empty cells make the loops slow
+    # one hole: some of its spawn children have no legal move (the game-over branch)
+    dead = pack(np.array([[1, 2, 1, 2, 2, 1, 2, 1, 1, 2, 1, 2, 3, 4, 3, 0]]))[0]
+    boards = np.concatenate([boards, dead])
+    weights = (1.0, 0.97)
+    got = move_values(_value, boards, Search(mode, *weights, batch=11, depth=2))
+    want = [_direct_depth2(int(b), _value, *weights, spawn=mode == "expectation") for b in boards]
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-12)
+    # depth 2 differs from depth 1 (the search looked further)
+    assert not np.allclose(got, move_values(_value, boards, Search(mode, *weights)))
+
+
 # --------------------------------------------------------------------------- games
 
 
@@ -140,6 +178,20 @@ def test_planted_value_plays_better_than_random_on_the_same_seeds():
     assert p.mean() > 2.5 * r.mean(), (p.mean(), r.mean())  # measured: 4,087 vs 1,110
     assert (p > r).mean() > 0.9
     assert planted["reach"]["512"]["rate"] > rnd["reach"]["512"]["rate"]
+
+
+def test_depth_two_plays_better_than_depth_one_on_the_same_seeds():
+    """The planted heuristic searched two moves ahead (afterstate leaves) against one move
+    ahead, 24 seeded games each: measured 17,030 against 3,417 mean score."""
+    scores = {}
+    for depth in (1, 2):
+        head = Head("planted", PLANTED_SPEC, heuristic,
+                    Search("afterstate", batch=4096, depth=depth), "score")  # fmt: skip
+        rec = play_match([head], [], PlayConfig(24, depth=depth), log=None)
+        assert rec["config"]["depth"] == depth
+        scores[depth] = np.array(rec["players"][0]["scores"])
+    assert scores[2].mean() > 2 * scores[1].mean(), (scores[2].mean(), scores[1].mean())
+    assert (scores[2] > scores[1]).mean() > 0.8  # paired by seed
 
 
 # --------------------------------------------------------------------------- figures
@@ -249,6 +301,7 @@ def test_head_from_another_trunk_is_refused(tiny, tmp_path):
         (["--value", "p:100000"], "thresholds"),
         (["--value", "return"], "--value"),
         (["--depth", 3], "--depth"),
+        (["--depth", 0], "--depth"),
     ],
 )
 def test_bad_options_are_refused_with_one_line(tiny, tmp_path, extra, words):

@@ -27,7 +27,13 @@ from vh.shell import bench, done, main
 @click.option(
     "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Game seed."
 )
-@click.option("--depth", type=int, default=1, show_default=True, help="Search depth (1).")
+@click.option(
+    "--depth",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Moves searched ahead: 1, or 2 (expectimax over the spawn; ~50x the leaves).",
+)
 @click.option(
     "--mode",
     default="expectation",
@@ -84,7 +90,7 @@ def play(
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--md", type=click.Path(dir_okay=False), default=None, help="Write into this file.")
 def bench_play(games: int, moves: int, presets: str, device: str, md: str | None) -> None:
-    """Moves/s of `vh play` at depth 1 (expectation and afterstate) per trunk size."""
+    """Moves/s of `vh play` per trunk size: depth 1 (expectation, afterstate) and depth 2."""
     from vh.bench.play import benchmark, play_section
     from vh.bench.report import publish
 
