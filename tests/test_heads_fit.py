@@ -360,16 +360,13 @@ def test_cli_smoke(small_cache, tmp_path):
 
 @pytest.mark.slow
 def test_bench_fit_runs_and_writes_its_section(tmp_path):
-    from vh.bench.fit import run_bench
-    from vh.bench.report import replace_section
-    from vh.config import Config
+    """`vh bench fit` at toy sizes, through the command: its section replaces only its own."""
+    from conftest import run_ok
 
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n\n## extract\n\nkept\n")
-    text = run_bench(
-        Config().fit, rows=20_000, dim=32, cache=None, rounds=1, seed_batch=16, mlp_rows=4096
-    ).text
-    replace_section(md, "fit", text)
-    assert text.startswith("## fit") and "Goals:" in text
+    run_ok(["bench", "fit", "--rows", 20_000, "--dim", 32, "--rounds", 1, "--seed-batch", 16,
+            "--mlp-rows", 4096, "--md", md])  # fmt: skip
     doc = md.read_text()
-    assert "## extract\n\nkept" in doc and doc.count("## fit") == 1
+    assert "## extract\n\nkept" in doc and doc.count("## fit") == 1 and "Goals:" in doc
+    assert "20,000" in doc.split("## fit")[1]

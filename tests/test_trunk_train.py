@@ -363,7 +363,7 @@ def test_out_not_ours_or_other_settings_refused(data, straight, tmp_path):
 # --------------------------------------------------------------------------- the benchmark
 
 
-def test_bench_section_reports_rows_per_second():
+def test_bench_section_reports_rows_per_second(tmp_path):
     from vh.bench.trunk import bench_train, trunk_section
 
     r = bench_train("tiny", rows=256, batch=64, threads=1)
@@ -371,6 +371,10 @@ def test_bench_section_reports_rows_per_second():
     s = trunk_section([r])
     assert s.text.startswith("## trunk train") and "| tiny |" in s.text
     assert "rows/s" in s.closing
+    md = tmp_path / "B.md"  # the command, at toy size
+    run_ok(["bench", "trunk-train", "--rows", 64, "--batch", 32, "--preset", "tiny",
+            "--threads", 1, "--benchmarks", md])  # fmt: skip
+    assert "| tiny | 32,564 | cpu | 32 | 64 in " in md.read_text()  # with the read-out
 
 
 # --------------------------------------------------------------------------- embeddings
