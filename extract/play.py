@@ -48,6 +48,7 @@ from vh.extract.play_search import (
     play_one,
     render_md,
     resolve_value,
+    terminal_function,
 )
 from vh.progress import say
 
@@ -177,10 +178,11 @@ def _gamma(config: dict) -> float:
     return 1.0 if gamma is None else float(gamma)
 
 
-def _search(cfg: PlayConfig, spec, gamma: float) -> Search:
+def _search(cfg: PlayConfig, spec, gamma: float, value: str) -> Search:
+    common = dict(batch=cfg.batch, depth=cfg.depth, terminal=terminal_function(value))
     if spec.kind == "return":  # a return is this move's reward plus the discounted rest
-        return Search(cfg.mode, reward_weight=1.0, discount=gamma, batch=cfg.batch, depth=cfg.depth)
-    return Search(cfg.mode, batch=cfg.batch, depth=cfg.depth)
+        return Search(cfg.mode, reward_weight=1.0, discount=gamma, **common)
+    return Search(cfg.mode, **common)
 
 
 # --------------------------------------------------------------------------- torch side
@@ -302,7 +304,7 @@ def run_head(run_dir, trunk, init, cfg: PlayConfig, member: str | None = None) -
     if medians is not None:
         source["medians"] = [float(m) for m in medians]
     return Head(
-        rp.run_dir.name, rp.spec, fn, _search(cfg, rp.spec, _gamma(rp.config)), value, source
+        rp.run_dir.name, rp.spec, fn, _search(cfg, rp.spec, _gamma(rp.config), value), value, source
     )
 
 
@@ -353,7 +355,7 @@ def export_head(init, lt, cfg: PlayConfig) -> Head:
     lt.model.to(cfg.device)
     fn = torch_fn(lt.model, lambda m, t: m.value(t), cfg.device, post)
     source = {"init": str(init), "run_dir": src, "arch": block.get("arch")}
-    return Head(Path(init).name, spec, fn, _search(cfg, spec, _gamma(config)), value, source)
+    return Head(Path(init).name, spec, fn, _search(cfg, spec, _gamma(config), value), value, source)
 
 
 def policy_player(lt, cfg: PlayConfig) -> PolicyPlayer | None:

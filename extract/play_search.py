@@ -1,4 +1,5 @@
-"""Move choice for `vh play`: a value function searched one move deep, over many boards at once.
+"""Move choice for `vh play`: a value function searched one or two moves deep, over many boards
+at once.
 
 A *value function* maps packed boards ``uint64 (M,)`` to values ``float64 (M,)`` (a head on a
 trunk, or a planted function in the tests). :func:`move_values` turns it into the value of
@@ -10,15 +11,18 @@ each of the four moves of each board:
   2 × the empty cells fewer evaluations).
 
 Depth d > 1 is expectimax: a move's value is the expectation over the spawn of the best move
-value at depth d − 1 of each child (a child with no legal move is valued by the value function
-itself); the mode says how the deepest moves are valued. Each level multiplies the leaves by
+value at depth d − 1 of each child; the mode says how the deepest moves are valued. A child
+with no legal move ends the game: its value is known where the value says what happens next
+(:func:`terminal_function`: no more return; reached T or not) and is the value function's
+own otherwise (the final score of a dead board: the head's estimate). Each level multiplies the leaves by
 about 4 × 2 × the empty cells (depth 2: ~200 in afterstate mode, ~2,000 in expectation mode
 per board; duplicates are evaluated once).
 
 A move's value is ``reward_weight · merge reward + discount · leaf`` (return heads add the
 reward and discount; score and probability heads value the state alone: the final score of
-the game already counts the points scored on the way). Leaves of all boards are deduplicated
-and evaluated together, ``batch`` boards per call of the value function.
+the game already counts the points scored on the way). Leaves are deduplicated and evaluated
+together, ``batch`` boards per call of the value function (at depth 2: within each block of
+``batch`` spawn children).
 
 The players here follow :class:`vh.extract.players.Player`'s ``choose(boards, legal, u)``,
 so :func:`vh.extract.synth.play_games` plays them like the built-in ones. Ties go to the first
@@ -112,6 +116,18 @@ def leaf_function(spec, value: str, medians: np.ndarray | None) -> Callable:
 # --------------------------------------------------------------------------- search
 
 
+def terminal_function(value: str) -> ValueFn | None:
+    """The exact value of a board with no legal move, where ``value`` determines it: 0 for a
+    return (nothing follows), whether the board holds T for ``p:T`` (its highest tile is the
+    game's); ``None`` (ask the value function) for the expected score."""
+    if value == "return":
+        return lambda boards: np.zeros(np.shape(boards), np.float64)
+    if value.startswith("p:"):
+        t = int(value[2:])
+        return lambda boards: ((1 << unpack(boards).max(axis=1).astype(np.int64)) >= t) * 1.0
+    return None
+
+
 def spawn_children(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every board a spawn can make from each parent, with its probability.
 
@@ -163,6 +179,7 @@ class Search:
     discount: float = 1.0
     batch: int = LEAF_BATCH
     depth: int = 1  # moves searched ahead (see the module docstring)
+    terminal: ValueFn | None = None  # value of a game-over board (None: the value function's)
 
 
 def move_values(
@@ -192,11 +209,13 @@ def move_values(
 
 def best_value(value_fn: ValueFn, boards: np.ndarray, search: Search, depth: int) -> np.ndarray:
     """The value of each board to move from: its best move's value at ``depth``, or, where
-    no move is legal (the game is over), the value function's own value of it; ``(M,)``."""
+    no move is legal (the game is over), ``search.terminal``'s value of it (the value
+    function's when that is None); ``(M,)``."""
     best = move_values(value_fn, boards, search, depth).max(axis=1)
     over = np.isneginf(best)
     if over.any():
-        best[over] = evaluate(value_fn, engine.as_boards(boards)[over], search.batch)
+        dead = engine.as_boards(boards)[over]
+        best[over] = evaluate(search.terminal or value_fn, dead, search.batch)
     return best
 
 

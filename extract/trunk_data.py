@@ -125,9 +125,9 @@ def baselines(train: Moves, val: Moves) -> dict[str, float]:
 def tile_counts(tokens: np.ndarray, vocab: int) -> np.ndarray:
     """How many cells hold each token value, float32 ``(N, V)`` (column 0: empty cells)."""
     t = np.asarray(tokens, np.int64)
-    out = np.zeros((t.shape[0], vocab), np.float32)
-    np.add.at(out, (np.repeat(np.arange(t.shape[0]), t.shape[1]), t.ravel()), 1.0)
-    return out
+    n = t.shape[0]
+    flat = (np.arange(n, dtype=np.int64)[:, None] * vocab + t).ravel()  # (row, value) -> bin
+    return np.bincount(flat, minlength=n * vocab).reshape(n, vocab).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,18 @@ class CountsScale:
     std: np.ndarray  # float32 (V,)
 
     @classmethod
-    def of(cls, tokens: np.ndarray, vocab: int) -> CountsScale:
-        c = tile_counts(tokens, vocab) if len(tokens) else np.zeros((1, vocab), np.float32)
-        return cls(c.mean(0), np.maximum(c.std(0), MIN_SPREAD).astype(np.float32))
+    def of(cls, tokens: np.ndarray, vocab: int, block: int = 1 << 18) -> CountsScale:
+        """From the training rows' tokens, ``block`` rows at a time (float64 sums: memory is
+        one block's counts however many rows there are)."""
+        n = len(tokens)
+        s1, s2 = np.zeros(vocab), np.zeros(vocab)
+        for a in range(0, n, block):
+            c = tile_counts(tokens[a : a + block], vocab).astype(np.float64)
+            s1 += c.sum(axis=0)
+            s2 += np.square(c).sum(axis=0)
+        mean = s1 / max(n, 1)
+        std = np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 0.0))
+        return cls(mean.astype(np.float32), np.maximum(std, MIN_SPREAD).astype(np.float32))
 
     def __call__(self, tokens: np.ndarray, vocab: int) -> np.ndarray:
         """The standardised counts of ``tokens``, float32 ``(N, V)``."""

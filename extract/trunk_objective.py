@@ -20,7 +20,7 @@ Axes: B = a batch, 4 = moves (UDLR), V = token vocab.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,8 @@ class Objective:
 
     weight: float
     scale: CountsScale | None = None  # the training rows' count statistics (weight > 0)
+    # the statistics as tensors, per device, made once (not copied to a GPU every batch)
+    _on: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def counts(self) -> bool:
@@ -92,9 +94,11 @@ class Objective:
         ce = masked_ce(logits, legal, move)
         if read is None:
             return ce, None, logits
-        mean, std = (
-            torch.as_tensor(a, device=tok.device) for a in (self.scale.mean, self.scale.std)
-        )
+        if tok.device not in self._on:
+            self._on[tok.device] = tuple(
+                torch.as_tensor(a, device=tok.device) for a in (self.scale.mean, self.scale.std)
+            )
+        mean, std = self._on[tok.device]
         counts = F.one_hot(tok, read.shape[1]).sum(dim=1).float()
         return ce, (((read.float() - (counts - mean) / std) ** 2).mean(dim=1)), logits
 

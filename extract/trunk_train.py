@@ -289,12 +289,33 @@ def _identity(raw: dict, ds, split: SplitConfig, tcfg: TrunkTrainConfig, max_row
         "split": split_record(split),
         **{k: getattr(tcfg, k) for k in ("batch_size", "lr", "wd", "seed")},
     }
-    # only when set: init dirs trained before these options keep resuming
+    # recorded only when not their "off" value (IDENTITY_OFF), which is what a record
+    # written before the option existed means
     if max_rows:
         identity["max_rows"] = int(max_rows)
     if tcfg.counts_weight:
         identity["counts_weight"] = tcfg.counts_weight
     return identity
+
+
+# settings of the identity that a record may lack: their value then (the policy alone, all rows)
+IDENTITY_OFF = {"max_rows": 0, "counts_weight": 0.0}
+# how a user sets each one
+IDENTITY_FLAGS = {"counts_weight": "--counts-weight", "max_rows": "max_rows (vh demo's cap)"}
+
+
+def _identity_differences(recorded: dict, asked: dict) -> list[str]:
+    """``name: recorded -> asked`` of every setting that differs (a missing optional one
+    counts as its off value)."""
+    out = []
+    for k in sorted(set(recorded) | set(asked)):
+        was, now = recorded.get(k, IDENTITY_OFF.get(k)), asked.get(k, IDENTITY_OFF.get(k))
+        if was != now:
+            shown = (
+                k if isinstance(was, (dict, list)) else f"{IDENTITY_FLAGS.get(k, k)} {was} -> {now}"
+            )
+            out.append(shown)
+    return out
 
 
 def _train_epochs(out: Path, model: TrainNet, data, tcfg, objective, state, identity, device, log):
@@ -389,11 +410,11 @@ def _prepare_out(out: Path, identity: dict, epochs: int, overwrite: bool) -> Tra
             field="--out",
             code=3,
         )
-    differs = sorted(k for k in identity if state.identity.get(k) != identity[k])
+    differs = _identity_differences(state.identity, identity)
     if differs:
         raise VhError(
-            f"holds training with other settings ({', '.join(differs)} differ); rerun with "
-            "the same ones to resume, or --overwrite to start again",
+            f"holds training with other settings ({'; '.join(differs)}); rerun with the same "
+            "ones to resume, or --overwrite (vh trunk train) to start again",
             path=out,
             field="--out",
             code=3,

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from vh.extract import engine
 from vh.extract.board import pack
 from vh.extract.play import Head, PlayConfig, play_match
-from vh.extract.play_search import Search, move_values, wilson
+from vh.extract.play_search import Search, move_values, terminal_function, wilson
 from vh.extract.players import heuristic, make_player
 from vh.heads.targets import TargetSpec
 
@@ -110,10 +110,11 @@ def test_move_values_equal_a_direct_enumeration(mode, weights):
     assert np.isinf(got[3]).tolist() == [True, False, True, False]
 
 
-def _direct_depth2(board: int, value, reward_weight: float, discount: float, spawn: bool):
+def _direct_depth2(board: int, value, reward_weight: float, discount: float, spawn: bool,
+                   dead_value=None):  # fmt: skip
     """Depth-2 move values by plain loops: per move, every spawn child (2 at .9, 4 at .1 over
-    the empty cells) valued by its best depth-1 move from :func:`_direct`, or by ``value``
-    itself when it has no legal move."""
+    the empty cells) valued by its best depth-1 move from :func:`_direct`, or, when it has no
+    legal move, by ``dead_value`` (a function of the board) or else ``value``."""
     out = []
     for d in range(4):
         after, reward = engine.move(np.array([board], np.uint64), np.array([d]))
@@ -128,21 +129,36 @@ def _direct_depth2(board: int, value, reward_weight: float, discount: float, spa
                 child = after | (tile << (60 - 4 * c))
                 best = max(_direct(child, value, reward_weight, discount, spawn))
                 if best == -math.inf:
-                    best = float(value(np.array([child], np.uint64))[0])
+                    best = float((dead_value or value)(np.array([child], np.uint64))[0])
                 leaf += p / len(cells) * best
         out.append(reward_weight * reward + discount * leaf)
     return out
 
 
+def _reached(t: int):
+    """Whether a board holds a tile >= t, by looking at every cell."""
+    return lambda boards: np.array(
+        [float(max(1 << ((int(b) >> (60 - 4 * c)) & 15) for c in range(16)) >= t) for b in boards]
+    )
+
+
 @pytest.mark.parametrize("mode", ["expectation", "afterstate"])
-def test_depth_two_equals_a_direct_enumeration(mode):
+@pytest.mark.parametrize(
+    "value,dead",
+    [("score", None), ("return", lambda b: np.zeros(len(b))), ("p:16", _reached(16))],
+)
+def test_depth_two_equals_a_direct_enumeration(mode, value, dead):
     boards = _boards()[1:]  # the open board's 13 empty cells make the loops slow
     # one hole: some of its spawn children have no legal move (the game-over branch)
-    dead = pack(np.array([[1, 2, 1, 2, 2, 1, 2, 1, 1, 2, 1, 2, 3, 4, 3, 0]]))[0]
-    boards = np.concatenate([boards, dead])
+    hole = pack(np.array([[1, 2, 1, 2, 2, 1, 2, 1, 1, 2, 1, 2, 3, 4, 3, 0]]))[0]
+    boards = np.concatenate([boards, hole])
     weights = (1.0, 0.97)
-    got = move_values(_value, boards, Search(mode, *weights, batch=11, depth=2))
-    want = [_direct_depth2(int(b), _value, *weights, spawn=mode == "expectation") for b in boards]
+    search = Search(mode, *weights, batch=11, depth=2, terminal=terminal_function(value))
+    got = move_values(_value, boards, search)
+    want = [
+        _direct_depth2(int(b), _value, *weights, spawn=mode == "expectation", dead_value=dead)
+        for b in boards
+    ]
     np.testing.assert_allclose(got, np.array(want), rtol=1e-12)
     # depth 2 differs from depth 1 (the search looked further)
     assert not np.allclose(got, move_values(_value, boards, Search(mode, *weights)))

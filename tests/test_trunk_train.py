@@ -353,6 +353,13 @@ def test_out_not_ours_or_other_settings_refused(data, straight, tmp_path):
                                   "--out", str(straight), "--lr", "0.01"])  # fmt: skip
     assert_one_line_error(r, "--out", "lr")
     assert snapshot(straight) == before
+    # turning the tile-counts objective off is another setting too (the record of a
+    # policy-only run has no counts_weight at all): refused, naming the flag and both values
+    r = CliRunner().invoke(main, ["trunk", "train", *FAST, "--dataset", str(data["short"]),
+                                  "--out", str(straight), "--epochs", "2",
+                                  "--counts-weight", "0"])  # fmt: skip
+    assert "--counts-weight 1.0 -> 0.0" in assert_one_line_error(r, "--out")
+    assert snapshot(straight) == before
     # a random init dir (no train state) is refused too
     run_ok(["trunk", "init", "--out", tmp_path / "rnd"])
     r = CliRunner().invoke(main, ["trunk", "train", "--dataset", str(data["short"]),
