@@ -1,5 +1,6 @@
 """`vh demo` has a pulse: every stage runs on a small study, a rerun reuses what is done."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -135,6 +136,26 @@ def test_the_demo_refuses_an_untrained_trunk_of_an_earlier_demo(tmp_path):
     before = sorted((p.name, p.read_bytes()) for p in init.iterdir() if p.is_file())
     with pytest.raises(VhError, match="untrained trunk from an earlier vh demo"):
         vh.demo.train_demo_trunk(tmp_path / "dataset", init, demo_config())
+    assert sorted((p.name, p.read_bytes()) for p in init.iterdir() if p.is_file()) == before
+
+
+def test_the_demo_refuses_a_trunk_an_earlier_demo_trained_otherwise(tmp_path):
+    """A policy-only trunk (as vh demo trained before the tile-counts objective): refused,
+    untouched, with the setting named and the way out."""
+    from conftest import run_ok
+
+    from vh.extract.trunk_train import train_trunk
+
+    run_ok(["synth", "--out", tmp_path / "dataset", "--games", 12, "--player", "greedy",
+            "--set", "synth.max_moves=40"])  # fmt: skip
+    cfg = demo_config(["trunk.epochs=1"])
+    old = dataclasses.replace(cfg.trunk, counts_weight=0.0)
+    init = tmp_path / "trunk"
+    train_trunk(tmp_path / "dataset", init, old, preset="tiny", split=cfg.fit.split,
+                max_rows=vh.demo.DEMO_TRUNK_ROWS, log=None)  # fmt: skip
+    before = sorted((p.name, p.read_bytes()) for p in init.iterdir() if p.is_file())
+    with pytest.raises(VhError, match=r"--counts-weight 0.0 -> 1.0\); run the demo in a fresh"):
+        vh.demo.train_demo_trunk(tmp_path / "dataset", init, cfg)
     assert sorted((p.name, p.read_bytes()) for p in init.iterdir() if p.is_file()) == before
 
 

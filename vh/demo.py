@@ -132,7 +132,8 @@ def train_demo_trunk(dataset: Path, init: Path, cfg: Config) -> None:
 
     ``train_trunk`` resumes by itself (per epoch) and does nothing when the init dir already
     holds the asked epochs. A ``trunk/`` from an earlier demo (random weights, no training
-    record) is refused: its caches and runs were made from that trunk.
+    record, or trained with other settings) is refused: its caches and runs were made from
+    that trunk.
     """
     from vh.extract.trunk_record import RECORD_KEY
     from vh.extract.trunk_train import train_trunk
@@ -146,14 +147,22 @@ def train_demo_trunk(dataset: Path, init: Path, cfg: Config) -> None:
         )
     t = time.perf_counter()
     say("demo: trunk ...")
-    r = train_trunk(
-        dataset,
-        init,
-        cfg.trunk,
-        preset=DEMO_PRESET,
-        split=cfg.fit.split,
-        max_rows=DEMO_TRUNK_ROWS,
-    )
+    try:
+        r = train_trunk(
+            dataset, init, cfg.trunk, preset=DEMO_PRESET, split=cfg.fit.split,
+            max_rows=DEMO_TRUNK_ROWS,
+        )  # fmt: skip
+    except VhError as e:
+        if "other settings" not in e.message:
+            raise
+        # a trunk of an earlier demo trained otherwise: its caches and runs come from it
+        raise VhError(
+            e.message.split("; rerun")[0] + "; run the demo in a fresh --out (or --set the "
+            "recorded values to keep this one)",
+            path=init,
+            field="trunk",
+            code=e.code,
+        ) from None
     if r.epochs_run == 0:
         say(f"demo: trunk: already done, reusing {init}")
         return
