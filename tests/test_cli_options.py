@@ -38,22 +38,17 @@ FOLDERS = ["--out", "--dataset", "--cache", "--workdir", "--rebuild"]
 FILES = ["--md", "--benchmarks", "--settings", "--config"]
 
 
-@pytest.mark.parametrize("name", FOLDERS)
-def test_folder_options_take_folders(name):
+@pytest.mark.parametrize(
+    "name,file_dir",
+    [(n, (False, True)) for n in FOLDERS] + [(n, (True, False)) for n in FILES],
+)
+def test_path_options_take_folders_or_files(name, file_dir):
+    """Every folder option takes a folder only, every file option a file only."""
     found = options(name)
     assert found, name
     for path, o in found:
         assert isinstance(o.type, click.Path), (path, name)
-        assert (o.type.file_okay, o.type.dir_okay) == (False, True), (path, name)
-
-
-@pytest.mark.parametrize("name", FILES)
-def test_file_options_take_files(name):
-    found = options(name)
-    assert found, name
-    for path, o in found:
-        assert isinstance(o.type, click.Path), (path, name)
-        assert (o.type.file_okay, o.type.dir_okay) == (True, False), (path, name)
+        assert (o.type.file_okay, o.type.dir_okay) == file_dir, (path, name)
 
 
 def test_every_preset_option_offers_the_trunk_presets():

@@ -77,8 +77,12 @@ def _value(boards: np.ndarray) -> np.ndarray:
     return (splitmix64(np.asarray(boards, np.uint64)) >> np.uint64(40)).astype(np.float64)
 
 
-def _direct(board: int, value, reward_weight: float, discount: float, spawn: bool) -> list:
-    """Move values by plain loops: every direction, every empty cell, tile 2 (.9) or 4 (.1)."""
+def _direct(board: int, value, reward_weight: float, discount: float, spawn: bool,
+            depth: int = 1, dead_value=None) -> list:  # fmt: skip
+    """Move values by plain loops, every direction. At depth 1 the afterstate's value
+    (``spawn`` False) or every empty cell with tile 2 (.9) or 4 (.1); deeper, every spawn child
+    valued by its best move one level down, or, with no legal move, by ``dead_value`` (a
+    function of the board) or else ``value``."""
     out = []
     for d in range(4):
         after, reward = engine.move(np.array([board], np.uint64), np.array([d]))
@@ -87,14 +91,21 @@ def _direct(board: int, value, reward_weight: float, discount: float, spawn: boo
             out.append(-math.inf)
             continue
         cells = [c for c in range(16) if (after >> (60 - 4 * c)) & 15 == 0]
-        if not spawn:
+        if depth == 1 and not spawn:
             leaf = float(value(np.array([after], np.uint64))[0])
         else:
             leaf = 0.0
             for c in cells:
                 for tile, p in {1: 0.9, 2: 0.1}.items():
                     child = after | (tile << (60 - 4 * c))
-                    leaf += p / len(cells) * float(value(np.array([child], np.uint64))[0])
+                    if depth == 1:
+                        v = float(value(np.array([child], np.uint64))[0])
+                    else:
+                        v = max(_direct(child, value, reward_weight, discount, spawn, depth - 1,
+                                        dead_value))  # fmt: skip
+                        if v == -math.inf:
+                            v = float((dead_value or value)(np.array([child], np.uint64))[0])
+                    leaf += p / len(cells) * v
         out.append(reward_weight * reward + discount * leaf)
     return out
 
@@ -108,31 +119,6 @@ def test_move_values_equal_a_direct_enumeration(mode, weights):
     np.testing.assert_allclose(got, np.array(want), rtol=1e-12)
     # the checkerboard's one hole (bottom right) is filled from above or from the left only
     assert np.isinf(got[3]).tolist() == [True, False, True, False]
-
-
-def _direct_depth2(board: int, value, reward_weight: float, discount: float, spawn: bool,
-                   dead_value=None):  # fmt: skip
-    """Depth-2 move values by plain loops: per move, every spawn child (2 at .9, 4 at .1 over
-    the empty cells) valued by its best depth-1 move from :func:`_direct`, or, when it has no
-    legal move, by ``dead_value`` (a function of the board) or else ``value``."""
-    out = []
-    for d in range(4):
-        after, reward = engine.move(np.array([board], np.uint64), np.array([d]))
-        after, reward = int(after[0]), int(reward[0])
-        if after == board:
-            out.append(-math.inf)
-            continue
-        cells = [c for c in range(16) if (after >> (60 - 4 * c)) & 15 == 0]
-        leaf = 0.0
-        for c in cells:
-            for tile, p in {1: 0.9, 2: 0.1}.items():
-                child = after | (tile << (60 - 4 * c))
-                best = max(_direct(child, value, reward_weight, discount, spawn))
-                if best == -math.inf:
-                    best = float((dead_value or value)(np.array([child], np.uint64))[0])
-                leaf += p / len(cells) * best
-        out.append(reward_weight * reward + discount * leaf)
-    return out
 
 
 def _reached(t: int):
@@ -156,7 +142,7 @@ def test_depth_two_equals_a_direct_enumeration(mode, value, dead):
     search = Search(mode, *weights, batch=11, depth=2, terminal=terminal_function(value))
     got = move_values(_value, boards, search)
     want = [
-        _direct_depth2(int(b), _value, *weights, spawn=mode == "expectation", dead_value=dead)
+        _direct(int(b), _value, *weights, mode == "expectation", depth=2, dead_value=dead)
         for b in boards
     ]
     np.testing.assert_allclose(got, np.array(want), rtol=1e-12)
