@@ -393,6 +393,20 @@ def _final_figures(history: list[dict]) -> dict:
     return {"epochs": last["epoch"], **{k: last[k] for k in keys if k in last}, "history": history}
 
 
+class OtherSettings(VhError):
+    """``--out`` holds training started with other settings (``differs``: what differs)."""
+
+    def __init__(self, out: Path, differs: list[str]):
+        self.differs = differs
+        super().__init__(
+            f"holds training with other settings ({'; '.join(differs)}); rerun with the same "
+            "ones to resume, or --overwrite (vh trunk train) to start again",
+            path=out,
+            field="--out",
+            code=3,
+        )
+
+
 def _prepare_out(out: Path, identity: dict, epochs: int, overwrite: bool) -> TrainState | None:
     """The train state to resume from (None: start), after checking --out may be written."""
     if not os.path.lexists(out) or (out.is_dir() and not durable.entries(out)):
@@ -412,13 +426,7 @@ def _prepare_out(out: Path, identity: dict, epochs: int, overwrite: bool) -> Tra
         )
     differs = _identity_differences(state.identity, identity)
     if differs:
-        raise VhError(
-            f"holds training with other settings ({'; '.join(differs)}); rerun with the same "
-            "ones to resume, or --overwrite (vh trunk train) to start again",
-            path=out,
-            field="--out",
-            code=3,
-        )
+        raise OtherSettings(out, differs)
     if state.epoch > epochs:
         raise VhError(
             f"already trained {state.epoch} epochs, more than --epochs {epochs}; "

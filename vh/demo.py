@@ -136,7 +136,7 @@ def train_demo_trunk(dataset: Path, init: Path, cfg: Config) -> None:
     that trunk.
     """
     from vh.extract.trunk_record import RECORD_KEY
-    from vh.extract.trunk_train import train_trunk
+    from vh.extract.trunk_train import OtherSettings, train_trunk
 
     cfg_json = init / "config.json"
     if cfg_json.is_file() and RECORD_KEY not in (durable.try_read_json(cfg_json) or {}):
@@ -152,13 +152,10 @@ def train_demo_trunk(dataset: Path, init: Path, cfg: Config) -> None:
             dataset, init, cfg.trunk, preset=DEMO_PRESET, split=cfg.fit.split,
             max_rows=DEMO_TRUNK_ROWS,
         )  # fmt: skip
-    except VhError as e:
-        if "other settings" not in e.message:
-            raise
-        # a trunk of an earlier demo trained otherwise: its caches and runs come from it
+    except OtherSettings as e:  # a trunk of an earlier demo: its caches and runs come from it
         raise VhError(
-            e.message.split("; rerun")[0] + "; run the demo in a fresh --out (or --set the "
-            "recorded values to keep this one)",
+            f"holds training with other settings ({'; '.join(e.differs)}); run the demo in a "
+            "fresh --out (or --set the recorded values to keep this one)",
             path=init,
             field="trunk",
             code=e.code,
