@@ -7,6 +7,7 @@ Tests copy what they break; nothing here is ever modified.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,43 @@ FIT_SETS = [
     "--set", "fit.split.val_where=id % 4 = 1",
     "--set", "fit.split.test_where=id % 4 = 2",
 ]  # fmt: skip
+
+
+def invoke(args: list):
+    """Run one `vh` command in-process, exceptions caught: the result, to inspect."""
+    from vh.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+def snapshot(path) -> dict[str, bytes]:
+    """Every regular file under ``path`` (or the file itself) with its bytes; a FIFO is never
+    read (it would block)."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def assert_one_line_error(r, *names) -> str:
+    """Non-zero exit, one ``error:`` line (the last) naming every one of ``names``, no
+    traceback; the line."""
+    assert r.exit_code not in (0, None), r.output
+    # a bug surfaces as an exception click could not turn into an exit code
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1, r.output
+    line = lines[0]
+    assert line == r.output.strip().splitlines()[-1], r.output
+    for n in names:
+        assert str(n) in line, (n, line)
+    if os.environ.get("VH_MATRIX_LOG"):  # the closing note's table: case -> what the user sees
+        with open(os.environ["VH_MATRIX_LOG"], "a") as f:
+            f.write(f"{os.environ['PYTEST_CURRENT_TEST'].split('::')[-1]}\t{line}\n")
+    return line
 
 
 def run_ok(args: list) -> str:

@@ -23,42 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import FIT_SETS, TINY, run_ok
-
-from vh.cli import main
-
-
-def invoke(args: list[str]):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    """Every file under ``path`` (or the file itself) with its bytes."""
-    path = Path(path)
-    if path.is_file():
-        return {path.name: path.read_bytes()}
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
-
-
-def assert_one_line_error(r, *names: str) -> str:
-    """Non-zero exit, one ``error:`` line (the last) naming every one of ``names``, no traceback."""
-    assert r.exit_code not in (0, None), r.output
-    # a bug surfaces as an exception click could not turn into an exit code
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1, r.output
-    line = lines[0]
-    assert line == r.output.strip().splitlines()[-1], r.output
-    for n in names:
-        assert n in line, (n, line)
-    if os.environ.get("VH_MATRIX_LOG"):  # the closing note's table: case -> what the user sees
-        with open(os.environ["VH_MATRIX_LOG"], "a") as f:
-            f.write(f"{os.environ['PYTEST_CURRENT_TEST'].split('::')[-1]}\t{line}\n")
-    return line
+from conftest import FIT_SETS, TINY, assert_one_line_error, invoke, run_ok, snapshot
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import invoke
 
 from vh.bench import scale
-from vh.cli import main
 
 SIZES = (2000, 6000)
 SETS = (
@@ -26,10 +25,6 @@ SETS = (
     "fit.target.thresholds=[128,256]",
 )
 ALL = (*scale.PHASES, "all")
-
-
-def invoke(args: list[str]):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
 
 
 def cells(line: str) -> list[str]:

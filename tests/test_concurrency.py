@@ -16,10 +16,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import FIT_SETS, ROOT, TINY, run_ok
+from conftest import FIT_SETS, ROOT, TINY, assert_one_line_error, run_ok, snapshot
 
 from vh.cli import main
 
@@ -50,14 +49,7 @@ def _kill(p: subprocess.Popen) -> None:
 def _refused(args: list, *names: str) -> None:
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 3, r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    for n in names:
-        assert n in lines[0], (n, lines[0])
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    assert_one_line_error(r, *names)
 
 
 def test_second_extract_refused_then_stale_lock_recovered(tiny, tmp_path):
@@ -70,17 +62,17 @@ def test_second_extract_refused_then_stale_lock_recovered(tiny, tmp_path):
         return lock.is_file() and f'"pid": {p.pid}' in lock.read_text()
 
     first = _start(args, holds)
-    before = _files(out)
+    before = snapshot(out)
     _refused(args, "extract.lock", "another extract", str(first.pid))
-    assert _files(out) == before  # the refused command wrote nothing
+    assert snapshot(out) == before  # the refused command wrote nothing
     _kill(first)
     assert lock.is_file()  # left behind by the dead process
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 0, r.output  # (its "removing a stale lock" line goes to the real stderr)
     assert (out / "complete.json").is_file() and not lock.exists()
     # the recovered cache is the cache an uninterrupted run writes
-    want = {k: v for k, v in _files(tiny["cache"]).items() if k != "complete.json"}
-    assert {k: v for k, v in _files(out).items() if k != "complete.json"} == want
+    want = {k: v for k, v in snapshot(tiny["cache"]).items() if k != "complete.json"}
+    assert {k: v for k, v in snapshot(out).items() if k != "complete.json"} == want
 
 
 def test_second_fit_refused_then_dead_holder_recovered(tiny, tmp_path):

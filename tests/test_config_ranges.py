@@ -20,11 +20,9 @@ import typing
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import FIT_SETS, TINY
+from conftest import FIT_SETS, TINY, assert_one_line_error, invoke
 
 from vh import config as C
-from vh.cli import main
 from vh.errors import VhError
 
 # --------------------------------------------------------------------------- helpers
@@ -351,26 +349,10 @@ def test_trunk_config_values_out_of_range(key, value):
 # --------------------------------------------------------------------------- the CLI
 
 
-def invoke(args: list) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_refused(r, *names: str) -> str:
-    """Non-zero exit, one ``error:`` line (the last) naming ``names``, no traceback."""
-    assert r.exit_code not in (0, None), r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and lines[0] == r.output.strip().splitlines()[-1], r.output
-    for n in names:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
 def test_cli_synth(tmp_path):
     out = tmp_path / "d"
-    assert_refused(invoke(["synth", "--out", out, "--depth", "100"]), "synth.depth")
-    assert_refused(invoke(["synth", "--out", out, "--set", "synth.gamma=2"]), "synth.gamma")
+    assert_one_line_error(invoke(["synth", "--out", out, "--depth", "100"]), "synth.depth")
+    assert_one_line_error(invoke(["synth", "--out", out, "--set", "synth.gamma=2"]), "synth.gamma")
     assert not out.exists()
 
 
@@ -378,9 +360,9 @@ def test_cli_extract_gamma_refused_first_then_the_corrected_command_works(tiny, 
     out = tmp_path / "X"
     args = ["extract", "--dataset", tiny["ds"], "--init", tiny["trunk"], "--out", out,
             "--config", TINY]  # fmt: skip
-    assert_refused(invoke([*args, "--gamma", "1.5"]), "extract.gamma", "1.5")
+    assert_one_line_error(invoke([*args, "--gamma", "1.5"]), "extract.gamma", "1.5")
     assert not out.exists()  # no half-made cache that would refuse the corrected command
-    assert_refused(invoke([*args, "--device", "gpu"]), "extract.device")
+    assert_one_line_error(invoke([*args, "--device", "gpu"]), "extract.device")
     assert not out.exists()
     r = invoke([*args, "--gamma", "0.99"])
     assert r.exit_code == 0, r.output
@@ -390,35 +372,35 @@ def test_cli_extract_gamma_refused_first_then_the_corrected_command_works(tiny, 
 def test_cli_fit(tiny, tmp_path):
     out = tmp_path / "run"
     args = ["fit", "--cache", tiny["cache"], "--out", out, "--config", TINY, *FIT_SETS]
-    assert_refused(invoke([*args, "--set", "fit.train.lr=-1e-3"]), "fit.train.lr", "--set")
-    assert_refused(invoke([*args, "--set", "fit.train.epochs=0"]), "fit.train.epochs")
-    assert_refused(invoke([*args, "--grid", "lr=1e-3,-1e-3"]), "--grid lr", "fit.train.lr")
+    assert_one_line_error(invoke([*args, "--set", "fit.train.lr=-1e-3"]), "fit.train.lr", "--set")
+    assert_one_line_error(invoke([*args, "--set", "fit.train.epochs=0"]), "fit.train.epochs")
+    assert_one_line_error(invoke([*args, "--grid", "lr=1e-3,-1e-3"]), "--grid lr", "fit.train.lr")
     assert not out.exists()
 
 
 def test_cli_eval(tiny, tmp_path):
     out = tmp_path / "report"
     r = invoke(["eval", tiny["run"], "--out", out, "--set", "eval.ci=1.5"])
-    assert_refused(r, "eval.ci")
+    assert_one_line_error(r, "eval.ci")
     assert not out.exists()
 
 
 def test_cli_demo(tmp_path):
     out = tmp_path / "demo"
     r = invoke(["demo", "--out", out, "--set", "fit.train.batch_size=-1"])
-    assert_refused(r, "fit.train.batch_size")
+    assert_one_line_error(r, "fit.train.batch_size")
     assert not out.exists()
 
 
 def test_cli_trunk_and_export_seeds(tiny, tmp_path):
     out = tmp_path / "t"
-    assert_refused(invoke(["trunk", "init", "--out", out, "--seed", "-1"]), "--seed")
+    assert_one_line_error(invoke(["trunk", "init", "--out", out, "--seed", "-1"]), "--seed")
     assert not out.exists()
     weightless = tmp_path / "w"
     weightless.mkdir()
     shutil.copy(tiny["trunk"] / "config.json", weightless / "config.json")
-    assert_refused(invoke(["trunk", "show", weightless, "--seed", "-1"]), "--seed")
+    assert_one_line_error(invoke(["trunk", "show", weightless, "--seed", "-1"]), "--seed")
     r = invoke(["export", tiny["run"], "--init", weightless, "--out", out, "--seed", "-1"])
-    assert_refused(r, "--seed")
+    assert_one_line_error(r, "--seed")
     assert not out.exists()
     assert json.loads((weightless / "config.json").read_text())  # input untouched

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import assert_one_line_error, invoke
 
 from vh.cache.fingerprint import make_fingerprint
 from vh.cache.writer import write_cache_from_arrays
@@ -50,12 +50,6 @@ SETS = [
 TRUNK_SPLIT = SplitConfig(seed=7, train=0.8, val=0.1, test=0.1)
 TRUNK_RANGE = (FIRST_ID, FIRST_ID + N_RUNS // 2 - 1)
 MILESTONES = [1024, 2048, 4096]
-
-
-def invoke(args: list):
-    from vh.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
 
 
 def _trunk_record() -> dict:
@@ -270,10 +264,7 @@ def test_play_matching_no_run_is_refused_when_given(study, tmp_path):
     before = (play / "play.json").read_bytes()
     out = tmp_path / "report"
     r = invoke(["eval", dirs["good"], "--out", out, "--play", play])
-    assert r.exit_code != 0 and "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "none of its heads (stranger)" in lines[0], r.output
-    assert str(play / "play.json") in lines[0]
+    assert_one_line_error(r, "none of its heads (stranger)", play / "play.json")
     assert not out.exists() and (play / "play.json").read_bytes() == before
     # a folder without play.json: one line too
     r = invoke(["eval", dirs["good"], "--out", out, "--play", tmp_path])

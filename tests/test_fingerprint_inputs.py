@@ -15,23 +15,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import TINY
+from conftest import TINY, assert_one_line_error, invoke, snapshot
 
 from vh.cache import fingerprint as fp
-from vh.cli import main
 from vh.errors import VhError
 from vh.extract.dataset import open_dataset
-
-
-def invoke(args: list):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
 
 
 def sha(path: Path) -> str:
@@ -87,10 +75,7 @@ def test_a_committed_update_still_in_the_wal_is_refused(tiny, tmp_path):
     finally:
         writer.close()
     assert r.exit_code == 3, r.output
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1, r.output
-    assert "fingerprint" in lines[0] and "metadata.db" in lines[0], lines[0]
+    assert_one_line_error(r, "fingerprint", "metadata.db")
     assert snapshot(cache) == cache_before
 
 

@@ -21,37 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import FIT_SETS, TINY, run_ok
+from conftest import FIT_SETS, TINY, assert_one_line_error, invoke, run_ok, snapshot
 
-from vh.cli import main
 from vh.errors import VhError
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def invoke(args: list):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    """Every regular file under ``path`` with its bytes (a FIFO is never read: it would block)."""
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
-
-
-def one_error_line(r, *names: str) -> str:
-    """Non-zero exit, one ``error:`` line (the last) naming every one of ``names``."""
-    assert r.exit_code not in (0, None), r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1, r.output
-    assert lines[0] == r.output.strip().splitlines()[-1], r.output
-    for n in names:
-        assert str(n) in lines[0], (n, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +74,10 @@ def board_max_tile(ds: Path, run: int) -> int:
 def refused(ds: Path, tmp_path: Path, trunk: Path, *names) -> None:
     """`vh inspect` and `vh extract` both refuse ``ds`` with one line naming ``names``."""
     before = snapshot(ds)
-    one_error_line(invoke(["inspect", ds]), *names)
+    assert_one_line_error(invoke(["inspect", ds]), *names)
     out = tmp_path / "cache"
     r = invoke(["extract", "--dataset", ds, "--init", trunk, "--out", out, "--config", TINY])
-    one_error_line(r, *names)
+    assert_one_line_error(r, *names)
     assert not out.exists()  # refused before any folder was made
     assert snapshot(ds) == before
 
@@ -324,7 +298,7 @@ def _fit_refused(good, cache: Path, tmp_path: Path, head: str, *names: str) -> N
     out = tmp_path / "run"
     r = invoke(["fit", "--cache", cache, "--out", out, "--head", head, "--arch", "probe",
                 "--config", TINY, *FIT_SETS])  # fmt: skip
-    one_error_line(r, *names)
+    assert_one_line_error(r, *names)
     assert not out.exists()  # refused before the run dir was made
     assert snapshot(cache) == before
 

@@ -21,18 +21,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import FIT_SETS, ROOT, TINY
+from conftest import FIT_SETS, ROOT, TINY, assert_one_line_error, invoke
 
 from vh import durable
-from vh.cli import main
 from vh.errors import VhError
 
 # --------------------------------------------------------------------------- helpers
-
-
-def invoke(args: list) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
 
 
 def tree(path: Path) -> dict[str, bytes | None]:
@@ -45,14 +39,9 @@ def tree(path: Path) -> dict[str, bytes | None]:
 
 def assert_refused(r, folder: str) -> str:
     """Non-zero exit, no traceback, one ``error:`` line (the last), naming ``folder`` first."""
-    assert r.exit_code not in (0, None), r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1, r.output
-    assert lines[0] == r.output.strip().splitlines()[-1], r.output
-    assert lines[0].startswith(f"error: {folder}:"), (folder, lines[0])
-    return lines[0]
+    line = assert_one_line_error(r)
+    assert line.startswith(f"error: {folder}:"), (folder, line)
+    return line
 
 
 @pytest.fixture

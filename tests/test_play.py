@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import assert_one_line_error, invoke, snapshot
 
 from vh.extract import engine
 from vh.extract.board import pack
@@ -27,28 +27,6 @@ from vh.heads.targets import TargetSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED_SPEC = TargetSpec("ordinal", (256, 512, 1024), 3, "bernoulli")
-
-
-def invoke(args: list) -> object:
-    from vh.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def one_error_line(r) -> str:
-    """Non-zero exit, exactly one ``error:`` line (the last), no traceback; the line."""
-    assert r.exit_code not in (0, None), r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and lines[0] == r.output.strip().splitlines()[-1], r.output
-    return lines[0]
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
 
 
 def planted_head(mode: str = "expectation") -> Head:
@@ -288,7 +266,7 @@ def test_head_from_another_trunk_is_refused(tiny, tmp_path):
     r = invoke(
         ["play", "--run", tiny["run"], "--init", other, "--games", 2, "--out", tmp_path / "o"]
     )
-    line = one_error_line(r)
+    line = assert_one_line_error(r)
     assert "another trunk" in line and str(other) in line
     assert not (tmp_path / "o").exists() and snapshot(tiny["run"]) == before
 
@@ -309,7 +287,7 @@ def test_head_from_another_trunk_is_refused(tiny, tmp_path):
 def test_bad_options_are_refused_with_one_line(tiny, tmp_path, extra, words):
     out = tmp_path / "o"
     r = invoke(["play", "--run", tiny["run"], "--init", tiny["trunk"], "--out", out, *extra])
-    assert words in one_error_line(r)
+    assert words in assert_one_line_error(r)
     assert not out.exists()
 
 
@@ -317,7 +295,7 @@ def test_bad_options_are_refused_with_one_line(tiny, tmp_path, extra, words):
 def test_out_that_is_an_input_is_refused(tiny, which):
     before = snapshot(tiny[which])
     r = invoke(["play", "--run", tiny["run"], "--init", tiny["trunk"], "--out", tiny[which]])
-    assert "--out" in one_error_line(r)
+    assert "--out" in assert_one_line_error(r)
     assert snapshot(tiny[which]) == before
 
 

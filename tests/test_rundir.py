@@ -10,12 +10,11 @@ import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FIT_SETS, TINY
+from conftest import FIT_SETS, TINY, assert_one_line_error, snapshot
 
 from vh import durable
 from vh.cli import main
@@ -29,22 +28,6 @@ SETS = [s for s in FIT_SETS if s != "--set"]
 
 def _fit_cfg(*extra: str):
     return load_config([TINY], [*SETS, *extra]).fit
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
-
-
-def _one_error_line(r) -> str:
-    """Non-zero exit, exactly one ``error:`` line, the last, and no traceback."""
-    assert r.exit_code not in (0, None), r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and lines[0] == r.output.strip().splitlines()[-1], r.output
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- round trips
@@ -96,7 +79,7 @@ def test_every_artifact_round_trips(tmp_path):
     from vh.eval.inputs import read_run_files
 
     rundir.copy_cited(run, tmp_path / "copy")
-    assert sorted(_files(tmp_path / "copy")) == [
+    assert sorted(snapshot(tmp_path / "copy")) == [
         "config.json",
         "members/m000/metrics.jsonl",
         "members/m000/summary.json",
@@ -126,12 +109,12 @@ def test_unknown_version_refused_with_one_line(tiny, tmp_path, version):
     config = json.loads((run / "config.json").read_text())
     config[rundir.VERSION_KEY] = version
     (run / "config.json").write_text(json.dumps(config))
-    before = _files(run)
+    before = snapshot(run)
     r = CliRunner().invoke(main, ["eval", str(run), "--out", str(tmp_path / "rep")])
-    line = _one_error_line(r)
+    line = assert_one_line_error(r)
     assert "config.json" in line and rundir.VERSION_KEY in line
     assert ("newer than this vh reads" if version in (2, 99) else "unknown run dir version") in line
-    assert _files(run) == before and not (tmp_path / "rep").exists()
+    assert snapshot(run) == before and not (tmp_path / "rep").exists()
 
 
 def test_run_dir_without_version_reads_as_version_1(tiny, tmp_path):
@@ -184,11 +167,11 @@ def test_vh_fit_twice_on_the_cli_resumes(tiny, tmp_path):
             "--arch", "probe", "--config", TINY, *FIT_SETS]  # fmt: skip
     r1 = CliRunner().invoke(main, args)
     assert r1.exit_code == 0, r1.output
-    first = _files(run)
+    first = snapshot(run)
     r2 = CliRunner().invoke(main, args)
     assert r2.exit_code == 0, r2.output
     assert "resuming" in r2.output
-    again = _files(run)
+    again = snapshot(run)
     for name in ("config.json", "sampling.npz", "split.npz", "members/m000/best.safetensors"):
         assert again[name] == first[name], name
 
@@ -205,12 +188,12 @@ def test_lock_refuses_recovers_and_leaves_nothing(tmp_path):
     with rundir.lock(folder) as held:
         rec = json.loads(held.path.read_text())
         assert rec["pid"] == os.getpid() and rec["host"] == socket.gethostname()
-        before = _files(folder)
+        before = snapshot(folder)
         with pytest.raises(
             VhError, match=f"another vh fit is using this run dir \\(pid {os.getpid()}"
         ) as e:
             rundir.lock(folder).acquire()
-        assert e.value.code == 3 and _files(folder) == before  # the refusal touched nothing
+        assert e.value.code == 3 and snapshot(folder) == before  # the refusal touched nothing
     assert not (folder / rundir.LOCK).exists()
 
     # a record left by a dead process on this host is replaced, saying so

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import TINY
+from conftest import TINY, assert_one_line_error, invoke, snapshot
 from safetensors.torch import load_file
 
-from vh.cli import main
 from vh.extract import trunk as T
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,35 +40,9 @@ class OpenPayload:
         return (open, (self.marker, "w"))
 
 
-def invoke(args: list) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    """Every file under ``path`` (or the file itself) with its bytes."""
-    if path.is_file():
-        return {path.name: path.read_bytes()}
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
-
-
 def tree(path: Path) -> set[str]:
     """Every path under ``path``: what a refused command must not add to."""
     return {str(p.relative_to(path)) for p in path.rglob("*")}
-
-
-def assert_one_line_error(r, *names: str) -> str:
-    """Non-zero exit, one ``error:`` line (the last) naming every one of ``names``, no traceback."""
-    assert r.exit_code not in (0, None), r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1, r.output
-    assert lines[0] == r.output.strip().splitlines()[-1], r.output
-    for n in names:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def bundle_dir(tiny, where: Path, extra: object) -> Path:

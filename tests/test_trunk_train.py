@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run_ok
-from test_bad_input import assert_one_line_error, snapshot
+from conftest import assert_one_line_error, run_ok, snapshot
 
 from vh.cli import main
 from vh.config import SplitConfig
